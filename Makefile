@@ -1,0 +1,53 @@
+# The two README commands are `make run` and `make test`; everything else is optional.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+CONSTRAINTS := requirements/constraints.txt
+
+.PHONY: run test check lint typecheck fmt gen lock bench clean
+
+$(STAMP): pyproject.toml clients/python/pyproject.toml $(CONSTRAINTS)
+	@$(PYTHON) -c 'import sys; sys.exit("Python >= 3.11 is required") if sys.version_info < (3, 11) else None'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -c $(CONSTRAINTS) -e clients/python -e '.[dev]'
+	touch $@
+
+## run: start the server on the embedded Valkey (data under ./var)
+run: $(STAMP)
+	$(BIN)/tokenservice serve $(ARGS)
+
+## test: the whole suite against real servers
+test: $(STAMP)
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+## check: lint, format check, strict typing, proto lint
+check: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/buf lint
+	$(BIN)/buf format --exit-code --diff proto
+
+fmt: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+	$(BIN)/buf format -w proto
+
+## gen: regenerate the committed Python stubs from proto/
+gen: $(STAMP)
+	$(PY) scripts/gen_protos.py
+
+## lock: re-resolve the pinned versions from pyproject ranges (needs network)
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install -q -e clients/python -e '.[dev]'
+	.lock-venv/bin/pip freeze --exclude-editable | grep -v '^-e ' > $(CONSTRAINTS)
+	rm -rf .lock-venv
+
+bench: $(STAMP)
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info

@@ -1,0 +1,204 @@
+"""The server process: wires storage, services, health, reflection and metrics together.
+
+Start-up order matters: Redis first (the embedded Valkey must be up before anything can
+answer), then the gRPC listener, then the health probe, so the first health answer is
+already true. Shutdown runs the other way round: health NOT_SERVING, stop accepting,
+drain in-flight RPCs within the grace period, close Redis, stop the embedded server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+
+import grpc
+from envoy.service.auth.v3 import external_auth_pb2
+from google.protobuf.descriptor import ServiceDescriptor
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from tokenservice.v1 import cache_service_pb2, client_registry_pb2, token_service_pb2
+from tokenservice_server.config import ServerTlsSettings, Settings, parse_host_port
+from tokenservice_server.logging import get_logger
+from tokenservice_server.metrics import MetricsServer, ServerMetrics
+from tokenservice_server.storage.connection import RedisConnections, open_redis
+from tokenservice_server.transport.health import HealthMonitor
+from tokenservice_server.transport.interceptors import ObservabilityInterceptor
+from tokenservice_server.transport.unimplemented import unimplemented_service
+
+__all__ = ["SERVICES", "Application", "BoundAddresses", "serve"]
+
+_log = get_logger("tokenservice.server")
+
+# Every service this server answers, in the order `grpcurl list` shows them.
+SERVICES: tuple[ServiceDescriptor, ...] = (
+    token_service_pb2.DESCRIPTOR.services_by_name["TokenService"],
+    client_registry_pb2.DESCRIPTOR.services_by_name["ClientRegistry"],
+    cache_service_pb2.DESCRIPTOR.services_by_name["CacheService"],
+    external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"],
+)
+
+_MiB = 1024 * 1024
+_CHANNEL_OPTIONS: Sequence[tuple[str, int]] = (
+    # A second server on a taken port must fail loudly, not share it silently.
+    ("grpc.so_reuseport", 0),
+    # Cache values are bounded at 1 MiB by default; leave room for batches.
+    ("grpc.max_receive_message_length", 16 * _MiB),
+    ("grpc.max_send_message_length", 16 * _MiB),
+    # Let idle sidecar connections be probed instead of silently dying behind NAT.
+    ("grpc.keepalive_time_ms", 60_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+)
+
+
+@dataclass(frozen=True)
+class BoundAddresses:
+    """Where a started server actually listens (ports resolved when 0 was asked for)."""
+
+    grpc_host: str
+    grpc_port: int
+    metrics_host: str
+    metrics_port: int
+
+    @property
+    def grpc_target(self) -> str:
+        return f"{self.grpc_host}:{self.grpc_port}"
+
+
+def _server_credentials(tls: ServerTlsSettings) -> grpc.ServerCredentials:
+    assert tls.cert_file is not None
+    assert tls.key_file is not None
+    root = tls.client_ca_file.read_bytes() if tls.client_ca_file else None
+    return grpc.ssl_server_credentials(
+        [(tls.key_file.read_bytes(), tls.cert_file.read_bytes())],
+        root_certificates=root,
+        require_client_auth=root is not None,
+    )
+
+
+class Application:
+    """One running tokenservice: call :meth:`start`, then :meth:`stop`."""
+
+    def __init__(
+        self, settings: Settings, extra_handlers: Sequence[grpc.GenericRpcHandler] = ()
+    ) -> None:
+        self.settings = settings
+        self._extra_handlers = tuple(extra_handlers)
+        self.metrics = ServerMetrics()
+        self._stack = AsyncExitStack()
+        self._server: grpc.aio.Server | None = None
+        self._metrics_server: MetricsServer | None = None
+        self._health: HealthMonitor | None = None
+        self._redis: RedisConnections | None = None
+        self.addresses: BoundAddresses | None = None
+
+    @property
+    def redis(self) -> RedisConnections:
+        assert self._redis is not None, "start() first"
+        return self._redis
+
+    @property
+    def health(self) -> HealthMonitor:
+        assert self._health is not None, "start() first"
+        return self._health
+
+    async def start(self) -> BoundAddresses:
+        settings = self.settings
+        try:
+            self._redis = await self._stack.enter_async_context(
+                open_redis(settings.redis, log=_log)
+            )
+            server = grpc.aio.server(
+                interceptors=[ObservabilityInterceptor(self.metrics)],
+                options=_CHANNEL_OPTIONS,
+                maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+            )
+            for service in SERVICES:
+                server.add_generic_rpc_handlers((unimplemented_service(service),))
+            if self._extra_handlers:
+                # Embedders (and tests) may serve more services behind the same interceptors.
+                server.add_generic_rpc_handlers(self._extra_handlers)
+            self._health = HealthMonitor(
+                probe=self._redis.ping,
+                services=[service.full_name for service in SERVICES],
+                metrics=self.metrics,
+                interval=settings.health_interval,
+            )
+            health_pb2_grpc.add_HealthServicer_to_server(self._health.servicer, server)
+            reflection.enable_server_reflection(
+                [
+                    *(service.full_name for service in SERVICES),
+                    health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                    reflection.SERVICE_NAME,
+                ],
+                server,
+            )
+            host, port = parse_host_port(settings.listen)
+            address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            if settings.tls.enabled:
+                bound = server.add_secure_port(address, _server_credentials(settings.tls))
+            else:
+                bound = server.add_insecure_port(address)
+            self._server = server
+            metrics_host, metrics_port = parse_host_port(settings.metrics_listen)
+            self._metrics_server = MetricsServer(self.metrics, metrics_host, metrics_port)
+            metrics_bound = self._metrics_server.start()
+            await self._health.start()
+            await server.start()
+        except BaseException:
+            await self._close_resources()
+            raise
+        self.addresses = BoundAddresses(host, bound, metrics_host, metrics_bound)
+        _log.info(
+            "server_started",
+            grpc=self.addresses.grpc_target,
+            metrics=f"{metrics_host}:{metrics_bound}",
+            redis=settings.redis.topology.value,
+            tls=settings.tls.enabled,
+            serving=self._health.serving,
+        )
+        return self.addresses
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain and release everything; safe to call more than once."""
+        grace = self.settings.shutdown_grace if grace is None else grace
+        if self._health is not None:
+            await self._health.shutdown()
+        if self._server is not None:
+            _log.info("server_draining", grace_seconds=grace)
+            await self._server.stop(grace)
+            self._server = None
+        await self._close_resources()
+        _log.info("server_stopped")
+
+    async def _close_resources(self) -> None:
+        if self._metrics_server is not None:
+            self._metrics_server.stop()
+            self._metrics_server = None
+        await self._stack.aclose()
+        self._redis = None
+
+
+async def serve(settings: Settings) -> int:
+    """Run until SIGTERM or SIGINT, then drain; return the process exit status."""
+    app = Application(settings)
+    await app.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+        _log.info("shutdown_requested")
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(sig)
+        await app.stop()
+    return 0

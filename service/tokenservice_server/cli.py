@@ -1,0 +1,104 @@
+"""The ``tokenservice`` command.
+
+Exit status: 0 success, 1 runtime failure (e.g. the port is taken), 2 invalid
+configuration or usage (the message names the bad setting).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Coroutine, Sequence
+from pathlib import Path
+from typing import Any
+
+from tokenservice_server import __version__
+from tokenservice_server.config import ENV_PREFIX, ConfigError, Settings, load_settings
+from tokenservice_server.logging import configure_logging, get_logger
+
+__all__ = ["main"]
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_CONFIG = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tokenservice", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"tokenservice {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the gRPC server")
+    serve.add_argument(
+        "--config",
+        type=Path,
+        default=os.environ.get(f"{ENV_PREFIX}CONFIG"),
+        help=f"YAML config file (env {ENV_PREFIX}CONFIG)",
+    )
+    serve.add_argument("--listen", help=f"gRPC HOST:PORT (env {ENV_PREFIX}LISTEN)")
+    serve.add_argument(
+        "--metrics-listen", help=f"Prometheus HOST:PORT (env {ENV_PREFIX}METRICS_LISTEN)"
+    )
+    serve.add_argument("--redis-url", help=f"redis/rediss/unix URL (env {ENV_PREFIX}REDIS__URL)")
+    serve.add_argument(
+        "--data-dir", help=f"embedded Valkey data directory (env {ENV_PREFIX}REDIS__DATA_DIR)"
+    )
+    serve.add_argument("--log-format", choices=("json", "console"))
+    serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    for flag in ("listen", "metrics_listen", "log_format", "log_level"):
+        value = getattr(args, flag, None)
+        if value is not None:
+            overrides[flag] = value
+    redis: dict[str, Any] = {}
+    if getattr(args, "redis_url", None):
+        redis["url"] = args.redis_url
+    if getattr(args, "data_dir", None):
+        redis["data_dir"] = args.data_dir
+    if redis:
+        overrides["redis"] = redis
+    return overrides
+
+
+def _run(coro: Coroutine[Any, Any, int], settings: Settings) -> int:
+    if settings.use_uvloop:
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            return uvloop.run(coro)
+    return asyncio.run(coro)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings(args.config, _overrides(args))
+    except ConfigError as exc:
+        print(f"tokenservice: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    configure_logging(settings.log_format, settings.log_level)
+    log = get_logger("tokenservice.cli")
+
+    if args.command == "serve":
+        from tokenservice_server.app import serve
+
+        try:
+            return _run(serve(settings), settings)
+        except KeyboardInterrupt:
+            return EXIT_OK
+        except Exception as exc:
+            log.error("serve_failed", error=str(exc), error_type=type(exc).__name__)
+            return EXIT_FAILURE
+    return EXIT_CONFIG  # argparse rejects unknown commands before this
+
+
+if __name__ == "__main__":
+    sys.exit(main())

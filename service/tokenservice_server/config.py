@@ -1,0 +1,247 @@
+"""Service configuration: one source of truth, layered file < environment < command line.
+
+Every setting has an environment variable ``TOKENSERVICE_<NAME>``; nested settings use a
+double underscore (``TOKENSERVICE_REDIS__URL``). A YAML file (``--config`` or
+``TOKENSERVICE_CONFIG``) may hold any of them with the same nesting.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from contextvars import ContextVar
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Literal, Self
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+__all__ = [
+    "ENV_PREFIX",
+    "ConfigError",
+    "RedisSettings",
+    "RedisTopology",
+    "ServerTlsSettings",
+    "Settings",
+    "TlsClientSettings",
+    "load_settings",
+    "parse_host_port",
+]
+
+ENV_PREFIX = "TOKENSERVICE_"
+
+
+class ConfigError(Exception):
+    """A setting is missing or invalid; the message names it."""
+
+
+def parse_host_port(value: str, *, default_host: str = "127.0.0.1") -> tuple[str, int]:
+    """Split ``HOST:PORT`` (``[v6]:PORT`` for IPv6); raise ValueError naming the problem."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep:
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    host = host or default_host
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        ipaddress.IPv6Address(host)
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"port must be a number 0-65535, got {port_text!r}")
+    return host, int(port_text)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TlsClientSettings(_Strict):
+    """TLS towards Redis (data nodes and sentinels)."""
+
+    enabled: bool = False
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    check_hostname: bool = True
+
+    @model_validator(mode="after")
+    def _pair(self) -> Self:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file must be given together")
+        return self
+
+
+class RedisTopology(StrEnum):
+    EMBEDDED = "embedded"
+    STANDALONE = "standalone"
+    SENTINEL = "sentinel"
+
+
+class RedisSettings(_Strict):
+    """Where the data lives. No ``url`` and no ``sentinels`` means the embedded Valkey."""
+
+    url: str | None = Field(default=None, description="redis://, rediss:// or unix:// URL")
+    sentinels: list[str] = Field(default_factory=list, description="sentinel HOST:PORT list")
+    master_name: str = "tokenservice"
+    username: str | None = Field(default=None, description="ACL user for the auth DB")
+    password: SecretStr | None = None
+    cache_username: str | None = Field(default=None, description="ACL user for the cache DB")
+    cache_password: SecretStr | None = None
+    sentinel_username: str | None = None
+    sentinel_password: SecretStr | None = None
+    auth_db: int = Field(default=0, ge=0, le=15)
+    cache_db: int = Field(default=1, ge=0, le=15)
+    tls: TlsClientSettings = TlsClientSettings()
+    socket_timeout: float = Field(default=2.0, gt=0, le=60)
+    connect_timeout: float = Field(default=1.0, gt=0, le=60)
+    max_connections: int = Field(default=128, ge=1, le=10_000)
+    data_dir: Path = Field(default=Path("var"), description="embedded Valkey data directory")
+    embedded_port: int = Field(default=0, ge=0, le=65535, description="0 picks a free port")
+
+    @field_validator("url")
+    @classmethod
+    def _url_scheme(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return url
+
+    @field_validator("sentinels")
+    @classmethod
+    def _sentinel_addresses(cls, sentinels: list[str]) -> list[str]:
+        for address in sentinels:
+            parse_host_port(address)
+        return sentinels
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.url is not None and self.sentinels:
+            raise ValueError("set either url or sentinels, not both")
+        if self.auth_db == self.cache_db and self.topology is not RedisTopology.EMBEDDED:
+            # Isolation of auth data from cache data is part of the data model (SPEC 4).
+            raise ValueError("auth_db and cache_db must differ")
+        return self
+
+    @property
+    def topology(self) -> RedisTopology:
+        if self.sentinels:
+            return RedisTopology.SENTINEL
+        if self.url:
+            return RedisTopology.STANDALONE
+        return RedisTopology.EMBEDDED
+
+
+class ServerTlsSettings(_Strict):
+    """TLS (and optionally mTLS) for the gRPC listener."""
+
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    client_ca_file: Path | None = Field(default=None, description="require client certs (mTLS)")
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert_file is not None
+
+    @model_validator(mode="after")
+    def _pair(self) -> Self:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file must be given together")
+        if self.client_ca_file is not None and self.cert_file is None:
+            raise ValueError("client_ca_file needs cert_file and key_file")
+        return self
+
+
+class Settings(BaseSettings):
+    """Everything the server reads at start-up."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    listen: str = Field(default="127.0.0.1:50051", description="gRPC HOST:PORT")
+    metrics_listen: str = Field(default="127.0.0.1:9464", description="Prometheus HOST:PORT")
+    log_format: Literal["json", "console"] = "console"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    shutdown_grace: float = Field(default=10.0, ge=0, le=300, description="drain seconds")
+    health_interval: float = Field(default=1.0, gt=0, le=60, description="Redis probe period")
+    max_concurrent_rpcs: int | None = Field(default=None, ge=1)
+    use_uvloop: bool = True
+    tls: ServerTlsSettings = ServerTlsSettings()
+    redis: RedisSettings = RedisSettings()
+
+    @field_validator("listen", "metrics_listen")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        parse_host_port(value)
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Command-line overrides (init) > environment > config file > defaults.
+        return init_settings, env_settings, _ConfigFileSource(settings_cls)
+
+
+_config_file_values: ContextVar[dict[str, Any]] = ContextVar("config_file_values")
+
+
+class _ConfigFileSource(PydanticBaseSettingsSource):
+    """Values from the YAML file given to :func:`load_settings`, below the environment."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return _config_file_values.get({}).get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(_config_file_values.get({}))
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        dotted = ".".join(str(part) for part in item["loc"]) or "(settings)"
+        env = ENV_PREFIX + "__".join(str(part) for part in item["loc"]).upper()
+        message = str(item["msg"]).removeprefix("Value error, ")
+        lines.append(f"invalid setting {dotted} (env {env}): {message}")
+    return "\n".join(lines)
+
+
+def load_settings(
+    config_file: Path | None = None, overrides: dict[str, Any] | None = None
+) -> Settings:
+    """Build settings from file, environment and overrides (highest wins)."""
+    file_values: dict[str, Any] = {}
+    if config_file is not None:
+        try:
+            loaded = yaml.safe_load(config_file.read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"invalid setting config ({config_file}): {exc}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"invalid setting config ({config_file}): expected a mapping")
+        file_values = loaded or {}
+    token = _config_file_values.set(file_values)
+    try:
+        return Settings(**(overrides or {}))
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+    finally:
+        _config_file_values.reset(token)

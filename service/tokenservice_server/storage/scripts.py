@@ -1,0 +1,107 @@
+"""Lua scripts kept as files in ``storage/lua/``, loaded once through ``register_script``.
+
+SPEC section 4 wants one round trip per RPC and atomic multi-step state changes: each such
+change is one script. Every script starts with a comment header naming its interface::
+
+    -- name.lua: what it does
+    -- KEYS: [1] ...
+    -- ARGV: [1] ..., [2] ...
+    -- Returns: ...
+
+A script without the three lines is refused at load time, so the interface of every script
+is documented where it is written. Scripts run with EVALSHA (redis-py loads them again
+after a ``NOSCRIPT``, e.g. on a fresh master after a failover) and are always called with
+explicit ``keys=`` and ``args=``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+from redis.typing import EncodableT, KeyT
+
+__all__ = [
+    "LUA_DIR",
+    "ScriptHeader",
+    "ScriptHeaderError",
+    "ScriptRegistry",
+    "parse_header",
+]
+
+#: The scripts that ship with the service.
+LUA_DIR: Final = Path(__file__).with_name("lua")
+
+_TAGS: Final = ("KEYS", "ARGV", "Returns")
+
+
+class ScriptHeaderError(ValueError):
+    """A Lua file lacks the ``-- KEYS:`` / ``-- ARGV:`` / ``-- Returns:`` header."""
+
+
+@dataclass(frozen=True)
+class ScriptHeader:
+    """The documented interface of one script, from its header comment."""
+
+    keys: str
+    argv: str
+    returns: str
+
+
+def parse_header(source: str, *, origin: str) -> ScriptHeader:
+    """Read the leading ``--`` comment block of a script; raise naming what is missing."""
+    found: dict[str, str] = {}
+    for raw in source.splitlines():
+        line = raw.strip()
+        if not line.startswith("--"):
+            break  # the header is the comment block at the very top
+        text = line[2:].strip()
+        for tag in _TAGS:
+            if text.startswith(f"{tag}:") and tag not in found:
+                found[tag] = text[len(tag) + 1 :].strip()
+    missing = [f"-- {tag}:" for tag in _TAGS if not found.get(tag)]
+    if missing:
+        raise ScriptHeaderError(
+            f"{origin}: the header comment must name the script's interface; "
+            f"missing {', '.join(missing)}"
+        )
+    return ScriptHeader(keys=found["KEYS"], argv=found["ARGV"], returns=found["Returns"])
+
+
+class ScriptRegistry(Mapping[str, AsyncScript]):
+    """Every ``*.lua`` file of ``directory``, registered on ``client``, by file stem.
+
+    Register one registry per client (the auth and the cache client are separate pools).
+    """
+
+    def __init__(self, client: Redis, directory: Path = LUA_DIR) -> None:
+        if not directory.is_dir():
+            raise FileNotFoundError(f"Lua script directory {directory} does not exist")
+        self.directory = directory
+        self.headers: dict[str, ScriptHeader] = {}
+        self._scripts: dict[str, AsyncScript] = {}
+        for path in sorted(directory.glob("*.lua")):
+            source = path.read_text(encoding="utf-8")
+            self.headers[path.stem] = parse_header(source, origin=str(path))
+            self._scripts[path.stem] = client.register_script(source)
+
+    def __getitem__(self, name: str) -> AsyncScript:
+        try:
+            return self._scripts[name]
+        except KeyError:
+            known = ", ".join(sorted(self._scripts)) or "none"
+            raise KeyError(f"no Lua script {name!r} in {self.directory} (have: {known})") from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._scripts)
+
+    def __len__(self) -> int:
+        return len(self._scripts)
+
+    async def call(self, name: str, *, keys: Sequence[KeyT], args: Sequence[EncodableT]) -> Any:
+        """Run script ``name`` (EVALSHA) with explicit KEYS and ARGV."""
+        return await self[name](keys=keys, args=args)

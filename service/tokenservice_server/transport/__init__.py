@@ -1,0 +1,1 @@
+"""gRPC transport: servicers that adapt requests to the domain, interceptors, health."""
