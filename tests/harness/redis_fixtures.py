@@ -7,6 +7,7 @@ TLS certificates and the binary lookups are per session. A server-per-test costs
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,9 @@ def valkey_server_binary() -> Path:
 def tls_redis_binary() -> Path:
     """A TLS-capable server binary; the test is skipped when none is installed."""
     binary = find_tls_redis_server()
+    if binary is None and os.environ.get("TOKENSERVICE_TEST_REQUIRE_TLS"):
+        # CI installs redis-server, so a missing binary there is a broken CI, not a skip.
+        pytest.fail("TOKENSERVICE_TEST_REQUIRE_TLS is set but no TLS-capable redis-server")
     if binary is None:
         pytest.skip(
             "no TLS-capable redis-server binary found (apt-get install redis-server, "

@@ -250,7 +250,7 @@ class RedisProcess:
 
 
 class SentinelTopology:
-    """1 master, 2 replicas, 3 sentinels (quorum 2), failover in about 2 s.
+    """1 master, 2 replicas, 3 sentinels (quorum 2), failover in about 3 s; TLS optional.
 
     The sentinels start knowing each other and the replicas (``known-sentinel`` /
     ``known-replica`` lines, the state a sentinel writes into its own config), so the
@@ -262,6 +262,7 @@ class SentinelTopology:
         workdir: Path,
         *,
         binary: Path | None = None,
+        tls: TlsMaterial | None = None,
         master_name: str = "tokenservice",
         password: str | None = None,
         sentinel_password: str | None = None,
@@ -272,10 +273,12 @@ class SentinelTopology:
         self.password = password
         self.sentinel_password = sentinel_password
         auth = [f"requirepass {password}", f"masterauth {password}"] if password else []
-        common = ["repl-diskless-sync-delay 0", *auth]
+        # With TLS, replicas and sentinels also reach the data nodes over TLS.
+        tls_links = ["tls-replication yes"] if tls else []
+        common = ["repl-diskless-sync-delay 0", *auth, *tls_links]
         self.nodes = [
-            RedisProcess(workdir / f"node{index}", binary=binary, extra_config=common,
-                         name=f"node{index}")
+            RedisProcess(workdir / f"node{index}", binary=binary, tls=tls,
+                         extra_config=common, name=f"node{index}")
             for index in range(3)
         ]  # fmt: skip
         master = self.nodes[0]
@@ -283,13 +286,14 @@ class SentinelTopology:
             replica.extra_config.append(f"replicaof {master.host} {master.port}")
         ids = [secrets.token_hex(20) for _ in range(3)]
         self.sentinels = [
-            RedisProcess(workdir / f"sentinel{index}", binary=binary, sentinel=True,
+            RedisProcess(workdir / f"sentinel{index}", binary=binary, tls=tls, sentinel=True,
                          name=f"sentinel{index}")
             for index in range(3)
         ]  # fmt: skip
         name = master_name
         for index, sentinel in enumerate(self.sentinels):
             lines = [
+                *tls_links,
                 f"sentinel myid {ids[index]}",
                 f"sentinel monitor {name} {master.host} {master.port} 2",
                 f"sentinel down-after-milliseconds {name} {down_after_ms}",

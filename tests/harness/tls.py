@@ -71,7 +71,10 @@ def generate_tls_material(directory: Path) -> TlsMaterial:
         cwd=directory,
     )  # fmt: skip
     extensions = {
-        "server": "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+        # Servers are TLS clients too (replication, sentinel links), with the same cert.
+        "server": (
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n"
+        ),
         "client": "extendedKeyUsage=clientAuth\n",
     }
     for name, extension in extensions.items():

@@ -193,8 +193,12 @@ async def test_plain_connection_to_the_tls_port_fails(tls_redis: RedisProcess) -
     plain = RedisSettings(url=f"redis://{tls_redis.host}:{tls_redis.port}")
 
     async with open_redis(plain, log=_RecordingLog()) as redis:
+        started = time.monotonic()
         with pytest.raises(ConnectionError):
             await redis.auth.ping()
+        # Retried, but within the budget: redis-py's nested retry loops (reconnect, then a
+        # health-check PING per attempt) must not multiply it.
+        assert time.monotonic() - started < RETRY_BUDGET + 2
 
 
 async def test_untrusted_server_certificate_fails_at_once(
@@ -389,3 +393,21 @@ async def test_sentinel_failover_resumes_writes_within_5_seconds(
             assert int(master.get("auth:failover:last")) == successes[-1][2]
             master.select(settings.cache_db)
             assert master.get("cache:after-failover") == "1"
+
+
+async def test_sentinel_over_tls_to_sentinels_and_data_nodes(
+    sentinel_topology_factory: Callable[..., SentinelTopology],
+    tls_redis_binary: Path,
+    tls_material: TlsMaterial,
+) -> None:
+    topology = sentinel_topology_factory(binary=tls_redis_binary, tls=tls_material)
+    settings = RedisSettings(
+        sentinels=topology.sentinel_addresses,
+        master_name=topology.master_name,
+        tls=_tls(tls_material, enabled=True),
+    )
+
+    async with open_redis(settings, log=_RecordingLog()) as redis:
+        await _roundtrip(redis)
+    with topology.node_client(topology.master_node()) as master:
+        assert master.get("auth:probe") == "from-auth"

@@ -4,12 +4,12 @@ The domain talks to Redis only through this package; it never imports protobuf m
 """
 
 from tokenservice_server.storage.connection import (
-    RETRY_BUDGET,
     RedisConnections,
     connect_redis,
     open_redis,
 )
 from tokenservice_server.storage.embedded import EmbeddedValkey, EmbeddedValkeyError
+from tokenservice_server.storage.retry import RETRY_BUDGET
 from tokenservice_server.storage.scripts import (
     LUA_DIR,
     ScriptHeader,

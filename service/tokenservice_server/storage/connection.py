@@ -12,21 +12,18 @@ separate pools, ``auth`` (DB ``auth_db``, never evicted data) and ``cache`` (DB
   (see ``sentinel.py`` for the redis-py bug this works around).
 
 Failures surface as redis-py ``ConnectionError``/``TimeoutError`` (the transport maps them
-to UNAVAILABLE) after a bounded retry: exponential backoff with jitter, no new attempt
-after ``RETRY_BUDGET`` seconds. Opening never waits for an external Redis: a service that
+to UNAVAILABLE) after a bounded retry (``retry.py``: exponential backoff with jitter, no new attempt
+after ``RETRY_BUDGET`` seconds). Opening never waits for an external Redis: a service that
 starts while Redis is down serves NOT_SERVING until ``ping()`` succeeds.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ssl
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
 import structlog
 from pydantic import SecretStr
@@ -41,17 +38,11 @@ from redis.asyncio.connection import (
 )
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
-from redis.backoff import AbstractBackoff, EqualJitterBackoff, NoBackoff
-from redis.exceptions import (
-    AuthenticationError,
-    AuthorizationError,
-    ConnectionError,
-    ExternalAuthProviderError,
-    TimeoutError,
-)
+from redis.backoff import NoBackoff
 
 from tokenservice_server.config import RedisSettings, RedisTopology, parse_host_port
 from tokenservice_server.storage.embedded import EmbeddedValkey
+from tokenservice_server.storage.retry import default_retry
 from tokenservice_server.storage.sentinel import (
     FailoverAwareConnection,
     FailoverAwareSSLConnection,
@@ -59,116 +50,14 @@ from tokenservice_server.storage.sentinel import (
 
 __all__ = [
     "HEALTH_CHECK_INTERVAL",
-    "RETRY_BUDGET",
-    "BoundedRetry",
     "RedisConnections",
     "connect_redis",
-    "default_retry",
     "open_redis",
 ]
 
-#: No retry starts later than this many seconds after the call began, so a call gives up
-#: within RETRY_BUDGET plus one attempt (at most connect_timeout + socket_timeout). It is
-#: just longer than a Sentinel failover with down-after-milliseconds ~1000 (about 3 s
-#: from kill -9 to the new master answering), so requests in flight ride through one;
-#: longer would only hold requests during a real outage.
-RETRY_BUDGET: Final = 5.0
-#: A safety cap; the budget ends retrying first (backoff reaches 0.25-0.5 s by retry 4).
-RETRY_ATTEMPTS: Final = 40
-#: Backoff before retry n: between half and all of min(0.5 s, 0.05 s * 2**n) ("equal
-#: jitter"), so during a failover the master address is asked for at least every 0.5 s.
-_BACKOFF_BASE: Final = 0.05
-_BACKOFF_CAP: Final = 0.5
 #: A connection idle for longer is PINGed before use, so a half-open socket (peer gone
 #: without a RST) costs one PING instead of a command timing out.
 HEALTH_CHECK_INTERVAL: Final = 15
-
-_T = TypeVar("_T")
-
-# ConnectionError subclasses that retrying cannot fix: fail the call at once.
-_PERMANENT_ERRORS: Final = (AuthenticationError, AuthorizationError, ExternalAuthProviderError)
-
-
-# True while a BoundedRetry loop runs in this task (see BoundedRetry).
-_retrying: ContextVar[bool] = ContextVar("tokenservice_redis_retrying", default=False)
-
-
-class BoundedRetry(Retry):
-    """redis-py's ``Retry`` with a time budget, failing at once on errors retries cannot fix.
-
-    redis-py nests retry loops: a command's loop reconnects through ``connect_check_health``
-    (which retries the socket connect) and each new connection's health-check PING runs in a
-    loop of its own, so attempts and time multiply (we measured 9.5 s for a 5 s budget). A
-    loop started inside another one therefore makes a single attempt: the outermost loop
-    in the task owns the retrying and the budget.
-
-    Retrying on ``TimeoutError`` can apply a non-idempotent command twice (the reply, not
-    the command, may have been lost); our multi-step state changes are Lua scripts that
-    check state first, so a replay is refused rather than applied twice.
-    """
-
-    def __init__(self, backoff: AbstractBackoff, retries: int, *, budget: float) -> None:
-        super().__init__(backoff, retries, (ConnectionError, TimeoutError))
-        self.budget = budget
-
-    async def call_with_retry(
-        self,
-        do: Callable[[], Awaitable[_T]],
-        fail: Callable[[Exception], Any] | Callable[[Exception, int], Any],
-        is_retryable: Callable[[Exception], bool] | None = None,
-        with_failure_count: bool = False,
-    ) -> _T:
-        async def failed(error: Exception, failures: int) -> None:
-            if with_failure_count:
-                await fail(error, failures)  # type: ignore[call-arg]
-            else:
-                await fail(error)  # type: ignore[call-arg]
-
-        if _retrying.get():
-            try:
-                return await do()
-            except self._supported_errors as error:
-                await failed(error, 1)
-                raise
-        token = _retrying.set(True)
-        try:
-            self._backoff.reset()  # type: ignore[no-untyped-call]
-            deadline = time.monotonic() + self.budget
-            failures = 0
-            while True:
-                try:
-                    return await do()
-                except self._supported_errors as error:
-                    if _is_permanent(error) or (
-                        is_retryable is not None and not is_retryable(error)
-                    ):
-                        raise
-                    failures += 1
-                    await failed(error, failures)
-                    backoff = self._backoff.compute(failures)
-                    out_of_attempts = 0 <= self._retries < failures
-                    if out_of_attempts or time.monotonic() + backoff > deadline:
-                        raise
-                    if backoff > 0:
-                        await asyncio.sleep(backoff)
-        finally:
-            _retrying.reset(token)
-
-
-def _is_permanent(error: Exception) -> bool:
-    """Errors that retrying cannot fix: wrong credentials, an untrusted certificate."""
-    return isinstance(error, _PERMANENT_ERRORS) or isinstance(
-        error.__context__, ssl.SSLCertVerificationError
-    )
-
-
-def default_retry() -> BoundedRetry:
-    """The retry policy of every data-node connection."""
-    return BoundedRetry(
-        EqualJitterBackoff(cap=_BACKOFF_CAP, base=_BACKOFF_BASE),
-        RETRY_ATTEMPTS,
-        budget=RETRY_BUDGET,
-    )
 
 
 @dataclass(eq=False)
@@ -191,8 +80,10 @@ class RedisConnections:
     async def ping(self, *, within: float = 1.0) -> bool:
         """True when both databases answer PING within ``within`` seconds; never raises."""
         try:
-            async with asyncio.timeout(within):
-                await asyncio.gather(self.auth.ping(), self.cache.ping())
+            # A TaskGroup, unlike gather(), cancels the other PING when one fails.
+            async with asyncio.timeout(within), asyncio.TaskGroup() as probes:
+                probes.create_task(_ping(self.auth))
+                probes.create_task(_ping(self.cache))
         except Exception:
             return False
         return True
@@ -210,6 +101,10 @@ class RedisConnections:
         finally:
             if self.embedded is not None:
                 await self.embedded.astop()
+
+
+async def _ping(client: Redis) -> None:
+    await client.ping()
 
 
 @asynccontextmanager
@@ -254,6 +149,7 @@ async def connect_redis(settings: RedisSettings, *, log: Any = None) -> RedisCon
 
 
 async def _embedded_connections(settings: RedisSettings, log: Any) -> RedisConnections:
+    # Loopback only and no credentials: a development server (SPEC section 5).
     server = EmbeddedValkey(settings.data_dir, port=settings.embedded_port)
     await server.astart()
     log.info(
@@ -304,10 +200,13 @@ def _standalone_connections(settings: RedisSettings, url: str, log: Any) -> Redi
 
     if connection_class is SSLConnection:
         common.update(_ssl_kwargs(settings))
+    url_credentials: dict[str, Any] = {
+        key: from_url.pop(key) for key in ("username", "password") if key in from_url
+    }
     # Query-string options (redis-py's URL grammar) override our defaults ...
     common.update(from_url)
     # ... and explicitly configured credentials override the URL's.
-    auth_credentials = _credentials(settings.username, settings.password, from_url)
+    auth_credentials = _credentials(settings.username, settings.password, url_credentials)
     cache_credentials = _cache_credentials(settings, auth_credentials)
     auth = _client_for(connection_class, {**common, **auth_credentials}, db=settings.auth_db)
     cache = _client_for(connection_class, {**common, **cache_credentials}, db=settings.cache_db)

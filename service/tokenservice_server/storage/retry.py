@@ -1,0 +1,127 @@
+"""The retry policy of every Redis data-node connection: bounded in time, with jitter.
+
+A call that meets ``ConnectionError``/``TimeoutError`` is retried with exponential backoff
+and jitter, but no retry starts later than ``RETRY_BUDGET`` seconds after the call began;
+then the error surfaces (the transport maps it to UNAVAILABLE). Errors that retrying cannot
+fix (wrong credentials, an untrusted server certificate) surface at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
+from typing import Any, Final, TypeVar
+
+from redis.asyncio.retry import Retry
+from redis.backoff import AbstractBackoff, EqualJitterBackoff
+from redis.exceptions import (
+    AuthenticationError,
+    AuthorizationError,
+    ConnectionError,
+    ExternalAuthProviderError,
+    TimeoutError,
+)
+
+__all__ = ["RETRY_ATTEMPTS", "RETRY_BUDGET", "BoundedRetry", "default_retry"]
+
+#: No retry starts later than this many seconds after the call began, so a call gives up
+#: within RETRY_BUDGET plus one attempt (at most connect_timeout + socket_timeout). It is
+#: just longer than a Sentinel failover with down-after-milliseconds ~1000 (about 3 s
+#: from kill -9 to the new master answering), so requests in flight ride through one;
+#: longer would only hold requests during a real outage.
+RETRY_BUDGET: Final = 5.0
+#: A safety cap; the budget ends retrying first (backoff reaches 0.25-0.5 s by retry 4).
+RETRY_ATTEMPTS: Final = 40
+#: Backoff before retry n: between half and all of min(0.5 s, 0.05 s * 2**n) ("equal
+#: jitter"), so during a failover the master address is asked for at least every 0.5 s.
+_BACKOFF_BASE: Final = 0.05
+_BACKOFF_CAP: Final = 0.5
+
+_T = TypeVar("_T")
+
+# ConnectionError subclasses that retrying cannot fix: fail the call at once.
+_PERMANENT_ERRORS: Final = (AuthenticationError, AuthorizationError, ExternalAuthProviderError)
+
+# True while a BoundedRetry loop runs in this task (see BoundedRetry).
+_retrying: ContextVar[bool] = ContextVar("tokenservice_redis_retrying", default=False)
+
+
+class BoundedRetry(Retry):
+    """redis-py's ``Retry`` with a time budget, failing at once on errors retries cannot fix.
+
+    redis-py nests retry loops: a command's loop reconnects through ``connect_check_health``
+    (which retries the socket connect) and each new connection's health-check PING runs in a
+    loop of its own, so attempts and time multiply (we measured 9.5 s for a 5 s budget). A
+    loop started inside another one therefore makes a single attempt: the outermost loop
+    in the task owns the retrying and the budget.
+
+    Retrying on ``TimeoutError`` can apply a non-idempotent command twice (the reply, not
+    the command, may have been lost); our multi-step state changes are Lua scripts that
+    check state first, so a replay is refused rather than applied twice.
+    """
+
+    def __init__(self, backoff: AbstractBackoff, retries: int, *, budget: float) -> None:
+        super().__init__(backoff, retries, (ConnectionError, TimeoutError))
+        self.budget = budget
+
+    async def call_with_retry(
+        self,
+        do: Callable[[], Awaitable[_T]],
+        fail: Callable[[Exception], Any] | Callable[[Exception, int], Any],
+        is_retryable: Callable[[Exception], bool] | None = None,
+        with_failure_count: bool = False,
+    ) -> _T:
+        async def failed(error: Exception, failures: int) -> None:
+            if with_failure_count:
+                await fail(error, failures)  # type: ignore[call-arg]
+            else:
+                await fail(error)  # type: ignore[call-arg]
+
+        if _retrying.get():
+            try:
+                return await do()
+            except self._supported_errors as error:
+                await failed(error, 1)
+                raise
+        token = _retrying.set(True)
+        try:
+            self._backoff.reset()  # type: ignore[no-untyped-call]
+            deadline = time.monotonic() + self.budget
+            failures = 0
+            while True:
+                try:
+                    return await do()
+                except self._supported_errors as error:
+                    if _is_permanent(error) or (
+                        is_retryable is not None and not is_retryable(error)
+                    ):
+                        raise
+                    failures += 1
+                    await failed(error, failures)
+                    backoff = self._backoff.compute(failures)
+                    out_of_attempts = 0 <= self._retries < failures
+                    if out_of_attempts or time.monotonic() + backoff > deadline:
+                        raise
+                    if backoff > 0:
+                        await asyncio.sleep(backoff)
+        finally:
+            _retrying.reset(token)
+
+
+def _is_permanent(error: Exception) -> bool:
+    """Errors that retrying cannot fix: wrong credentials, an untrusted certificate."""
+    return isinstance(error, _PERMANENT_ERRORS) or isinstance(
+        error.__context__, ssl.SSLCertVerificationError
+    )
+
+
+def default_retry() -> BoundedRetry:
+    """The retry policy of every data-node connection."""
+    return BoundedRetry(
+        EqualJitterBackoff(cap=_BACKOFF_CAP, base=_BACKOFF_BASE),
+        RETRY_ATTEMPTS,
+        budget=RETRY_BUDGET,
+    )
