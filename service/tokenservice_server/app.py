@@ -22,13 +22,22 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from tokenservice.v1 import cache_service_pb2, client_registry_pb2, token_service_pb2
-from tokenservice_server.config import ServerTlsSettings, Settings, parse_host_port
+from tokenservice_server.config import (
+    RedisTopology,
+    ServerTlsSettings,
+    Settings,
+    parse_host_port,
+)
 from tokenservice_server.logging import get_logger
 from tokenservice_server.metrics import MetricsServer, ServerMetrics
 from tokenservice_server.storage.connection import RedisConnections, open_redis
+from tokenservice_server.transport.caller_auth import CallerAuthInterceptor
+from tokenservice_server.transport.client_registry import ClientRegistryServicer
 from tokenservice_server.transport.health import HealthMonitor
 from tokenservice_server.transport.interceptors import ObservabilityInterceptor
-from tokenservice_server.transport.unimplemented import unimplemented_service
+from tokenservice_server.transport.token_service import TokenServiceServicer
+from tokenservice_server.transport.unimplemented import service_handler
+from tokenservice_server.wiring import Components, bootstrap_embedded_admin, build_components
 
 __all__ = ["SERVICES", "Application", "BoundAddresses", "serve"]
 
@@ -96,6 +105,7 @@ class Application:
         self._metrics_server: MetricsServer | None = None
         self._health: HealthMonitor | None = None
         self._redis: RedisConnections | None = None
+        self.components: Components | None = None
         self.addresses: BoundAddresses | None = None
 
     @property
@@ -114,13 +124,30 @@ class Application:
             self._redis = await self._stack.enter_async_context(
                 open_redis(settings.redis, log=_log)
             )
+            components = build_components(settings, self._redis)
+            self.components = components
+            if settings.redis.topology is RedisTopology.EMBEDDED:
+                credentials = await bootstrap_embedded_admin(components, settings)
+                _log.info(
+                    "admin_client_ready",
+                    client_id=settings.auth.admin_client_id,
+                    credentials_file=str(credentials),
+                )
             server = grpc.aio.server(
-                interceptors=[ObservabilityInterceptor(self.metrics)],
+                interceptors=[
+                    ObservabilityInterceptor(self.metrics),
+                    CallerAuthInterceptor(components.authenticator),
+                ],
                 options=_CHANNEL_OPTIONS,
                 maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
             )
+            implementations: dict[str, object] = {
+                "tokenservice.v1.TokenService": TokenServiceServicer(components.client_credentials),
+                "tokenservice.v1.ClientRegistry": ClientRegistryServicer(components.registry),
+            }
             for service in SERVICES:
-                server.add_generic_rpc_handlers((unimplemented_service(service),))
+                implementation = implementations.get(service.full_name)
+                server.add_generic_rpc_handlers((service_handler(service, implementation),))
             if self._extra_handlers:
                 # Embedders (and tests) may serve more services behind the same interceptors.
                 server.add_generic_rpc_handlers(self._extra_handlers)

@@ -94,6 +94,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(serve(settings), settings)
         except KeyboardInterrupt:
             return EXIT_OK
+        except ConfigError as exc:
+            print(f"tokenservice: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
         except Exception as exc:
             log.error("serve_failed", error=str(exc), error_type=type(exc).__name__)
             return EXIT_FAILURE

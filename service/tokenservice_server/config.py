@@ -32,6 +32,7 @@ from pydantic_settings import (
 
 __all__ = [
     "ENV_PREFIX",
+    "AuthSettings",
     "ConfigError",
     "RedisSettings",
     "RedisTopology",
@@ -162,6 +163,34 @@ class ServerTlsSettings(_Strict):
         return self
 
 
+class AuthSettings(_Strict):
+    """Token lifetimes, client-secret hashing and the bootstrap admin client."""
+
+    secret_pepper: SecretStr | None = Field(
+        default=None, description="HMAC key for client-secret hashes (32+ random bytes)"
+    )
+    access_token_ttl: int = Field(default=900, ge=1, le=86_400, description="seconds")
+    refresh_token_ttl: int = Field(default=604_800, ge=60, le=31_536_000, description="seconds")
+    code_ttl: int = Field(default=600, ge=1, le=3600, description="seconds")
+    session_ttl: int = Field(default=3600, ge=60, le=2_592_000, description="seconds")
+    issuer: str = Field(default="tokenservice", min_length=1, max_length=256)
+    admin_client_id: str = Field(default="tokenservice-admin", pattern=r"^[A-Za-z0-9._~-]{1,128}$")
+    admin_client_secret: SecretStr | None = Field(
+        default=None, description="bootstrap secret of the admin client (init)"
+    )
+    admin_client_secret_file: Path | None = Field(
+        default=None, description="file holding the admin client's secret (init)"
+    )
+    client_cache_size: int = Field(default=10_000, ge=0, le=1_000_000)
+
+    @field_validator("secret_pepper")
+    @classmethod
+    def _pepper_length(cls, pepper: SecretStr | None) -> SecretStr | None:
+        if pepper is not None and len(pepper.get_secret_value()) < 32:
+            raise ValueError("must be at least 32 characters")
+        return pepper
+
+
 class Settings(BaseSettings):
     """Everything the server reads at start-up."""
 
@@ -182,6 +211,7 @@ class Settings(BaseSettings):
     use_uvloop: bool = True
     tls: ServerTlsSettings = ServerTlsSettings()
     redis: RedisSettings = RedisSettings()
+    auth: AuthSettings = AuthSettings()
 
     @field_validator("listen", "metrics_listen")
     @classmethod

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 import pytest
 
+from tokenservice.v1 import token_service_pb2, token_service_pb2_grpc
 from tokenservice_server.app import Application
 from tokenservice_server.config import load_settings
+from tokenservice_server.domain.bootstrap import admin_client_spec
+from tokenservice_server.domain.credentials import CredentialKind, new_credential
 
 AppFactory = Callable[..., Awaitable[Application]]
 
@@ -18,6 +22,7 @@ TEST_DEFAULTS: dict[str, Any] = {
     "metrics_listen": "127.0.0.1:0",
     "health_interval": 0.2,
     "shutdown_grace": 2.0,
+    "auth": {"secret_pepper": "test-pepper-0123456789abcdef0123456789abcdef"},
 }
 
 
@@ -61,3 +66,45 @@ async def channel(server: Application) -> AsyncIterator[grpc.aio.Channel]:
     assert server.addresses is not None
     async with grpc.aio.insecure_channel(server.addresses.grpc_target) as chan:
         yield chan
+
+
+@dataclass(frozen=True)
+class Credentials:
+    client_id: str
+    client_secret: str
+
+
+async def bootstrap_admin(app: Application, client_id: str = "test-admin") -> Credentials:
+    """The admin client as `tokenservice init` would create it."""
+    assert app.components is not None
+    secret = new_credential(CredentialKind.CLIENT_SECRET)
+    await app.components.registry.bootstrap(client_id, admin_client_spec(), secret)
+    return Credentials(client_id, secret)
+
+
+async def issue_token(channel: grpc.aio.Channel, credentials: Credentials, scope: str = "") -> str:
+    stub = token_service_pb2_grpc.TokenServiceStub(channel)
+    response = await stub.IssueToken(
+        token_service_pb2.IssueTokenRequest(
+            grant_type=token_service_pb2.GRANT_TYPE_CLIENT_CREDENTIALS,
+            client_id=credentials.client_id,
+            client_secret=credentials.client_secret,
+            scope=scope,
+        ),
+        timeout=5,
+    )
+    return str(response.access_token)
+
+
+def bearer(token: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),)
+
+
+@pytest.fixture
+async def admin_credentials(server: Application) -> Credentials:
+    return await bootstrap_admin(server)
+
+
+@pytest.fixture
+async def admin_token(channel: grpc.aio.Channel, admin_credentials: Credentials) -> str:
+    return await issue_token(channel, admin_credentials)

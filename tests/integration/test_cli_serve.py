@@ -148,7 +148,10 @@ async def test_serve_on_embedded_valkey_then_sigterm(tmp_path: Path) -> None:
 
 async def test_port_already_taken_exits_1(valkey: Any) -> None:
     grpc_port = free_port()
-    env = _env(TOKENSERVICE_REDIS__URL=valkey.url)
+    env = _env(
+        TOKENSERVICE_REDIS__URL=valkey.url,
+        TOKENSERVICE_AUTH__SECRET_PEPPER="cli-test-pepper-0123456789abcdef0123456789",
+    )
     first = await _start_serve(
         "--listen", f"127.0.0.1:{grpc_port}", "--metrics-listen", "127.0.0.1:0", env=env
     )

@@ -12,7 +12,7 @@ from google.protobuf import empty_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from tests.harness.grpc_server import AppFactory
+from tests.harness.grpc_server import AppFactory, bearer
 from tokenservice_server.app import SERVICES, Application
 
 _EMPTY = empty_pb2.Empty
@@ -40,23 +40,47 @@ async def test_metrics_use_the_grpc_ecosystem_names(
     assert "tokenservice_redis_up 1.0" in text
 
 
+# Capabilities still to land; each later issue removes its methods from this set.
+NOT_YET_BUILT = {
+    "tokenservice.v1.TokenService": {
+        "Authorize",
+        "IntrospectToken",
+        "RevokeToken",
+        "CreateSession",
+        "GetSession",
+        "ExtendSession",
+        "EndSession",
+        "RevokeTokens",
+        "GetTokenStats",
+    },
+    "tokenservice.v1.CacheService": "*",
+    "envoy.service.auth.v3.Authorization": "*",
+}
+
+
 async def test_methods_not_yet_built_answer_unimplemented_and_are_counted(
-    server: Application, channel: grpc.aio.Channel
+    server: Application, channel: grpc.aio.Channel, admin_token: str
 ) -> None:
+    checked = 0
     for service in SERVICES:
+        pending = NOT_YET_BUILT.get(service.full_name, set())
         for method in service.methods:
+            if pending != "*" and method.name not in pending:
+                continue
             call = channel.unary_unary(
                 f"/{service.full_name}/{method.name}",
                 request_serializer=lambda _: b"",
                 response_deserializer=lambda data: data,
             )
             with pytest.raises(grpc.aio.AioRpcError) as caught:
-                await call(None, timeout=2)
+                await call(None, timeout=2, metadata=bearer(admin_token))
             assert caught.value.code() is grpc.StatusCode.UNIMPLEMENTED
             assert method.full_name in str(caught.value.details())
+            checked += 1
+    assert checked >= 17
     text = _scrape(server)
     assert (
-        'grpc_server_handled_total{grpc_code="UNIMPLEMENTED",grpc_method="IssueToken",'
+        'grpc_server_handled_total{grpc_code="UNIMPLEMENTED",grpc_method="Authorize",'
         'grpc_service="tokenservice.v1.TokenService",grpc_type="unary"} 1.0'
     ) in text
 

@@ -4,6 +4,7 @@ Every handler is wrapped once here, so servicers stay thin: they raise domain er
 or abort with a status, and this layer makes sure that
 
 - every RPC is counted (``grpc_server_*``) and logged with method, code and latency;
+- a domain error reaches the caller as its status code plus one ErrorInfo;
 - an unexpected exception reaches the caller as INTERNAL with no traceback or message
   text (the traceback goes to the server log);
 - a lost Redis connection reaches the caller as UNAVAILABLE, which clients may retry.
@@ -21,8 +22,10 @@ import structlog
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from tokenservice_server.domain.errors import DomainError
 from tokenservice_server.logging import get_logger
 from tokenservice_server.metrics import ServerMetrics
+from tokenservice_server.transport.errors import abort_with_domain_error
 
 __all__ = ["REQUEST_ID_METADATA", "ObservabilityInterceptor"]
 
@@ -86,6 +89,8 @@ class _RpcScope:
         self, exc: Exception, context: grpc.aio.ServicerContext[Any, Any]
     ) -> None:
         """Turn an exception that escaped a handler into a clean status (always raises)."""
+        if isinstance(exc, DomainError):
+            await abort_with_domain_error(context, exc)
         if isinstance(exc, (RedisConnectionError, RedisTimeoutError)):
             _log.warning("storage_unavailable", method=self.full_method, error=type(exc).__name__)
             await context.abort(grpc.StatusCode.UNAVAILABLE, "storage temporarily unavailable")
@@ -129,6 +134,7 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
         metrics = self._metrics
 
         def scope(grpc_type: str) -> _RpcScope:
+            structlog.contextvars.clear_contextvars()
             structlog.contextvars.bind_contextvars(request_id=request_id)
             return _RpcScope(metrics, grpc_type, method, request_id)
 

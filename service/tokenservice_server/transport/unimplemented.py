@@ -1,48 +1,61 @@
-"""Handlers for RPCs whose capability has not landed yet.
+"""Generic handlers built from service descriptors.
 
-Built from the service descriptors, so a contract can be published (and discovered via
-reflection) before its implementation exists. This is the only place UNIMPLEMENTED is
-an acceptable answer; each capability replaces its service's entry here.
+A servicer implements the methods whose capability has landed, as coroutine methods
+named after the RPC; every other method of the contract answers UNIMPLEMENTED, so the
+whole contract is published (and discoverable via reflection) before it is complete.
+This is the only place UNIMPLEMENTED is an acceptable answer.
 """
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import grpc
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from google.protobuf.message_factory import GetMessageClass
 
-__all__ = ["unimplemented_service"]
+__all__ = ["service_handler", "unimplemented_service"]
 
 
-def _handler(method: MethodDescriptor) -> grpc.RpcMethodHandler[Any, Any]:
+def _factory(method: MethodDescriptor) -> Any:
+    if method.client_streaming and method.server_streaming:
+        return grpc.stream_stream_rpc_method_handler
+    if method.client_streaming:
+        return grpc.stream_unary_rpc_method_handler
+    if method.server_streaming:
+        return grpc.unary_stream_rpc_method_handler
+    return grpc.unary_unary_rpc_method_handler
+
+
+def _handler(method: MethodDescriptor, implementation: object | None) -> Any:
     request_type = GetMessageClass(method.input_type)
     response_type = GetMessageClass(method.output_type)
-    details = f"{method.full_name} is not implemented yet"
+    behavior = getattr(implementation, method.name, None)
+    if behavior is None or not inspect.iscoroutinefunction(behavior):
+        details = f"{method.full_name} is not implemented yet"
 
-    async def reject(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, details)
+        async def reject(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, details)
 
-    factory: Any
-    if method.client_streaming and method.server_streaming:
-        factory = grpc.stream_stream_rpc_method_handler
-    elif method.client_streaming:
-        factory = grpc.stream_unary_rpc_method_handler
-    elif method.server_streaming:
-        factory = grpc.unary_stream_rpc_method_handler
-    else:
-        factory = grpc.unary_unary_rpc_method_handler
-    handler: grpc.RpcMethodHandler[Any, Any] = factory(
-        reject,
+        behavior = reject
+    return _factory(method)(
+        behavior,
         request_deserializer=request_type.FromString,
         response_serializer=response_type.SerializeToString,
     )
-    return handler
+
+
+def service_handler(
+    service: ServiceDescriptor, implementation: object | None
+) -> grpc.GenericRpcHandler:
+    """Serve ``service`` with the RPC methods ``implementation`` defines."""
+    return grpc.method_handlers_generic_handler(
+        service.full_name,
+        {method.name: _handler(method, implementation) for method in service.methods},
+    )
 
 
 def unimplemented_service(service: ServiceDescriptor) -> grpc.GenericRpcHandler:
     """A generic handler answering UNIMPLEMENTED for every method of ``service``."""
-    return grpc.method_handlers_generic_handler(
-        service.full_name, {method.name: _handler(method) for method in service.methods}
-    )
+    return service_handler(service, None)

@@ -1,0 +1,79 @@
+"""Who is calling: client authentication (RFC 6749 section 2.3) and bearer tokens
+presented in call metadata (RFC 6750 section 2.1)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from tokenservice_server.domain.clients import ClientRecord, ClientType
+from tokenservice_server.domain.credentials import (
+    CredentialKind,
+    SecretHasher,
+    digest,
+    is_well_formed,
+)
+from tokenservice_server.domain.errors import InvalidClient, InvalidToken, Unauthenticated
+from tokenservice_server.domain.ports import TokenStore
+from tokenservice_server.domain.tokens import Caller
+
+__all__ = ["BearerAuthenticator", "authenticate_client", "bearer_token"]
+
+# Compared against when the client does not exist, so an unknown client id costs the
+# same time as a wrong secret and timing does not reveal which ids exist.
+_DUMMY_HASH = "hs256:" + "0" * 64
+
+
+def authenticate_client(
+    record: ClientRecord | None, secret: str, hasher: SecretHasher, now: float
+) -> ClientRecord:
+    """The authenticated client, or InvalidClient without saying what was wrong."""
+    if record is None:
+        hasher.verify(secret, _DUMMY_HASH)
+        raise InvalidClient()
+    if record.spec.client_type is ClientType.PUBLIC:
+        if secret:
+            # RFC 6749 section 2.3: public clients have no credentials to present.
+            raise InvalidClient("public clients authenticate without a secret")
+        return record
+    if not secret or record.secret_hash is None:
+        raise InvalidClient()
+    if hasher.verify(secret, record.secret_hash):
+        return record
+    previous, until = record.previous_secret_hash, record.client.previous_secret_expire_time
+    in_grace = previous is not None and until is not None and now < until
+    if in_grace and previous is not None and hasher.verify(secret, previous):
+        return record
+    raise InvalidClient()
+
+
+def bearer_token(authorization: str | None) -> str:
+    """The token of an ``authorization: Bearer <token>`` value (scheme case-insensitive)."""
+    if not authorization:
+        raise Unauthenticated("missing bearer token in the authorization metadata")
+    scheme, _, token = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise InvalidToken("authorization metadata must be 'Bearer <access token>'")
+    return token.strip()
+
+
+class BearerAuthenticator:
+    """Resolves an access token to the calling client and its scopes."""
+
+    def __init__(self, tokens: TokenStore, clock: Callable[[], float]) -> None:
+        self._tokens = tokens
+        self._clock = clock
+
+    async def resolve(self, authorization: str | None) -> Caller:
+        token = bearer_token(authorization)
+        # A malformed token is rejected by its checksum, without touching Redis.
+        if not is_well_formed(token, CredentialKind.ACCESS_TOKEN):
+            raise InvalidToken("the access token is malformed")
+        record = await self._tokens.find_access_token(digest(token))
+        if record is None or record.expires_at <= self._clock():
+            raise InvalidToken("the access token is invalid, expired or revoked")
+        return Caller(
+            client_id=record.client_id,
+            scopes=record.scopes,
+            subject=record.subject,
+            token_digest=record.digest,
+        )

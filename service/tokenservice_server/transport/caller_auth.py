@@ -1,0 +1,147 @@
+"""Caller authorization for the whole server, in one place.
+
+Every tokenservice RPC names what it needs from the caller here: nothing (the token
+endpoint authenticates clients from the request body; Envoy's Check is protected by
+network policy and optional mTLS), any authenticated client (the servicer then decides,
+e.g. per cache namespace), or one scope. A bearer access token in the ``authorization``
+metadata is resolved to the calling client; the servicer reads it with
+:func:`current_caller`. Methods of ``tokenservice.v1`` missing from the table need
+``tokenservice.admin``: a new RPC is closed until someone opens it deliberately.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, cast
+
+import grpc
+import structlog
+
+from tokenservice_server.domain import scopes
+from tokenservice_server.domain.authentication import BearerAuthenticator
+from tokenservice_server.domain.errors import PermissionDenied, Unauthenticated
+from tokenservice_server.domain.tokens import Caller
+
+__all__ = ["CallerAuthInterceptor", "Policy", "current_caller", "optional_caller", "policy_for"]
+
+_PROTECTED_PACKAGE = "/tokenservice.v1."
+
+
+@dataclass(frozen=True)
+class Policy:
+    needs_caller: bool
+    scope: str | None = None
+
+
+PUBLIC = Policy(needs_caller=False)
+AUTHENTICATED = Policy(needs_caller=True)
+ADMIN = Policy(needs_caller=True, scope=scopes.ADMIN)
+AUTHORIZE = Policy(needs_caller=True, scope=scopes.AUTHORIZE)
+
+_TOKEN = "/tokenservice.v1.TokenService/"
+_POLICIES: dict[str, Policy] = {
+    _TOKEN + "IssueToken": PUBLIC,
+    _TOKEN + "RevokeToken": PUBLIC,  # RFC 7009 client authentication, or a bearer token
+    _TOKEN + "IntrospectToken": AUTHENTICATED,  # introspect scope, or the token's owner
+    _TOKEN + "Authorize": AUTHORIZE,
+    _TOKEN + "CreateSession": AUTHORIZE,
+    _TOKEN + "GetSession": AUTHORIZE,
+    _TOKEN + "ExtendSession": AUTHORIZE,
+    _TOKEN + "EndSession": AUTHORIZE,
+    _TOKEN + "RevokeTokens": ADMIN,
+    _TOKEN + "GetTokenStats": ADMIN,
+}
+_SERVICE_POLICIES: dict[str, Policy] = {
+    "/tokenservice.v1.ClientRegistry/": ADMIN,
+    "/tokenservice.v1.CacheService/": AUTHENTICATED,  # namespace scopes checked per call
+}
+
+_caller: contextvars.ContextVar[Caller | None] = contextvars.ContextVar("caller", default=None)
+
+
+def policy_for(method: str) -> Policy:
+    if method in _POLICIES:
+        return _POLICIES[method]
+    for prefix, policy in _SERVICE_POLICIES.items():
+        if method.startswith(prefix):
+            return policy
+    if method.startswith(_PROTECTED_PACKAGE):
+        return ADMIN
+    return PUBLIC  # health, reflection, ext_authz and services added by embedders
+
+
+def current_caller() -> Caller:
+    """The authenticated caller of the running RPC."""
+    caller = _caller.get()
+    if caller is None:
+        raise Unauthenticated("missing bearer token in the authorization metadata")
+    return caller
+
+
+def optional_caller() -> Caller | None:
+    return _caller.get()
+
+
+def _authorization(metadata: Any) -> str | None:
+    for key, value in metadata or ():
+        if key == "authorization":
+            return str(value)
+    return None
+
+
+class CallerAuthInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, authenticator: BearerAuthenticator) -> None:
+        self._authenticator = authenticator
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        policy = policy_for(method)
+        authorization = _authorization(handler_call_details.invocation_metadata)
+        if policy is PUBLIC and authorization is None:
+            return handler
+        if handler.unary_unary is None:
+            # Only unary RPCs carry caller credentials in this API; fail closed.
+            return handler if policy is PUBLIC else _deny_streaming(handler)
+        behavior: Any = handler.unary_unary
+        authenticator = self._authenticator
+
+        async def authorized(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            caller = None
+            if authorization is not None or policy.needs_caller:
+                caller = await authenticator.resolve(authorization)
+                structlog.contextvars.bind_contextvars(client_id=caller.client_id)
+                if policy.scope is not None and not caller.has_scope(policy.scope):
+                    raise PermissionDenied(f"this RPC requires scope {policy.scope}")
+            token = _caller.set(caller)
+            try:
+                return await behavior(request, context)
+            finally:
+                _caller.reset(token)
+
+        return grpc.unary_unary_rpc_method_handler(
+            cast("Any", authorized),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+def _deny_streaming(handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
+    async def deny(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED, "streaming RPC not authorized")
+
+    return grpc.unary_stream_rpc_method_handler(
+        deny,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )

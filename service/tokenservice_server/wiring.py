@@ -1,0 +1,112 @@
+"""Composition root: builds the domain services on their Redis stores from settings."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tokenservice_server.config import ConfigError, RedisTopology, Settings
+from tokenservice_server.domain.authentication import BearerAuthenticator
+from tokenservice_server.domain.bootstrap import admin_client_spec
+from tokenservice_server.domain.client_directory import ClientDirectory
+from tokenservice_server.domain.client_registry import ClientRegistryService
+from tokenservice_server.domain.credentials import CredentialKind, SecretHasher, new_credential
+from tokenservice_server.domain.grants.client_credentials import (
+    ClientCredentialsGrant,
+    TokenLifetimes,
+)
+from tokenservice_server.storage.client_store import RedisClientStore
+from tokenservice_server.storage.connection import RedisConnections
+from tokenservice_server.storage.scripts import ScriptRegistry
+from tokenservice_server.storage.token_store import RedisTokenStore
+
+__all__ = [
+    "ADMIN_CREDENTIALS_FILE",
+    "Components",
+    "bootstrap_embedded_admin",
+    "build_components",
+    "resolve_pepper",
+]
+
+ADMIN_CREDENTIALS_FILE = "admin-credentials.json"
+_PEPPER_FILE = "secret-pepper"
+
+
+@dataclass(frozen=True)
+class Components:
+    registry: ClientRegistryService
+    client_credentials: ClientCredentialsGrant
+    authenticator: BearerAuthenticator
+    clients: RedisClientStore
+    tokens: RedisTokenStore
+
+
+def _write_private(path: Path, content: str) -> None:
+    """Create ``path`` readable by its owner only (never briefly world-readable)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(path.suffix + ".tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+        handle.write(content)
+    os.replace(temporary, path)
+
+
+def resolve_pepper(settings: Settings) -> bytes:
+    """The client-secret HMAC key: configured, or kept beside an embedded Valkey's data."""
+    configured = settings.auth.secret_pepper
+    if configured is not None:
+        return configured.get_secret_value().encode("utf-8")
+    if settings.redis.topology is not RedisTopology.EMBEDDED:
+        raise ConfigError(
+            "invalid setting auth.secret_pepper (env TOKENSERVICE_AUTH__SECRET_PEPPER): "
+            "required when Redis is not embedded; every replica needs the same value "
+            "(e.g. `openssl rand -base64 48` stored in a Kubernetes Secret)"
+        )
+    path = settings.redis.data_dir / _PEPPER_FILE
+    if not path.exists():
+        _write_private(path, secrets.token_urlsafe(48))
+    return path.read_text(encoding="utf-8").strip().encode("utf-8")
+
+
+def build_components(settings: Settings, redis: RedisConnections) -> Components:
+    scripts = ScriptRegistry(redis.auth)
+    clients = RedisClientStore(redis.auth, scripts)
+    tokens = RedisTokenStore(redis.auth, scripts)
+    hasher = SecretHasher(resolve_pepper(settings))
+    directory = ClientDirectory(clients, settings.auth.client_cache_size)
+    lifetimes = TokenLifetimes(
+        access_token=settings.auth.access_token_ttl,
+        refresh_token=settings.auth.refresh_token_ttl,
+    )
+    return Components(
+        registry=ClientRegistryService(clients, hasher, directory, time.time),
+        client_credentials=ClientCredentialsGrant(directory, tokens, hasher, lifetimes, time.time),
+        authenticator=BearerAuthenticator(tokens, time.time),
+        clients=clients,
+        tokens=tokens,
+    )
+
+
+async def bootstrap_embedded_admin(components: Components, settings: Settings) -> Path:
+    """Ensure the admin client exists and its credentials are in the data directory.
+
+    The file (mode 0600) is the developer's way in: `make run`, then read it.
+    """
+    path = settings.redis.data_dir / ADMIN_CREDENTIALS_FILE
+    client_id = settings.auth.admin_client_id
+    secret = None
+    if path.exists():
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        if saved.get("client_id") == client_id:
+            secret = saved.get("client_secret")
+    if not secret:
+        secret = new_credential(CredentialKind.CLIENT_SECRET)
+    await components.registry.bootstrap(client_id, admin_client_spec(), secret)
+    _write_private(
+        path, json.dumps({"client_id": client_id, "client_secret": secret}, indent=2) + "\n"
+    )
+    return path
