@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from tokenservice_server import __version__
 from tokenservice_server.config import ENV_PREFIX, ConfigError, Settings, load_settings
 from tokenservice_server.logging import configure_logging, get_logger
 
 __all__ = ["main"]
+
+T = TypeVar("T")
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -31,23 +34,39 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run the gRPC server")
+    _add_common(serve)
+    serve.add_argument("--listen", help=f"gRPC HOST:PORT (env {ENV_PREFIX}LISTEN)")
     serve.add_argument(
+        "--metrics-listen", help=f"Prometheus HOST:PORT (env {ENV_PREFIX}METRICS_LISTEN)"
+    )
+
+    init = commands.add_parser(
+        "init", help="prepare Redis: bootstrap the admin client (idempotent)"
+    )
+    _add_common(init)
+    init.add_argument(
+        "--wait",
+        type=float,
+        default=120.0,
+        metavar="SECONDS",
+        help="how long to wait for Redis before failing (default 120)",
+    )
+    return parser
+
+
+def _add_common(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
         "--config",
         type=Path,
         default=os.environ.get(f"{ENV_PREFIX}CONFIG"),
         help=f"YAML config file (env {ENV_PREFIX}CONFIG)",
     )
-    serve.add_argument("--listen", help=f"gRPC HOST:PORT (env {ENV_PREFIX}LISTEN)")
-    serve.add_argument(
-        "--metrics-listen", help=f"Prometheus HOST:PORT (env {ENV_PREFIX}METRICS_LISTEN)"
-    )
-    serve.add_argument("--redis-url", help=f"redis/rediss/unix URL (env {ENV_PREFIX}REDIS__URL)")
-    serve.add_argument(
+    command.add_argument("--redis-url", help=f"redis/rediss/unix URL (env {ENV_PREFIX}REDIS__URL)")
+    command.add_argument(
         "--data-dir", help=f"embedded Valkey data directory (env {ENV_PREFIX}REDIS__DATA_DIR)"
     )
-    serve.add_argument("--log-format", choices=("json", "console"))
-    serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
-    return parser
+    command.add_argument("--log-format", choices=("json", "console"))
+    command.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -66,7 +85,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return overrides
 
 
-def _run(coro: Coroutine[Any, Any, int], settings: Settings) -> int:
+def _run(coro: Coroutine[Any, Any, T], settings: Settings) -> T:
     if settings.use_uvloop:
         try:
             import uvloop
@@ -87,19 +106,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(settings.log_format, settings.log_level)
     log = get_logger("tokenservice.cli")
 
-    if args.command == "serve":
-        from tokenservice_server.app import serve
+    try:
+        if args.command == "serve":
+            from tokenservice_server.app import serve
 
-        try:
             return _run(serve(settings), settings)
-        except KeyboardInterrupt:
+        if args.command == "init":
+            from tokenservice_server.jobs.init import run_init
+
+            changes = _run(run_init(settings, wait_timeout=args.wait), settings)
+            print(json.dumps(changes))
             return EXIT_OK
-        except ConfigError as exc:
-            print(f"tokenservice: {exc}", file=sys.stderr)
-            return EXIT_CONFIG
-        except Exception as exc:
-            log.error("serve_failed", error=str(exc), error_type=type(exc).__name__)
-            return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except ConfigError as exc:
+        print(f"tokenservice: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except Exception as exc:
+        log.error(f"{args.command}_failed", error=str(exc), error_type=type(exc).__name__)
+        return EXIT_FAILURE
     return EXIT_CONFIG  # argparse rejects unknown commands before this
 
 

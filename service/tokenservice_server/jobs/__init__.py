@@ -1,0 +1,1 @@
+"""One-shot operational commands (Kubernetes Jobs and CronJobs)."""
