@@ -47,7 +47,7 @@ def _timestamp(seconds: float | None) -> Timestamp | None:
     if seconds is None:
         return None
     stamp = Timestamp()
-    stamp.FromNanoseconds(int(seconds * 1e9))
+    stamp.FromMicroseconds(round(seconds * 1e6))
     return stamp
 
 
