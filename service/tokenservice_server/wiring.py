@@ -10,18 +10,36 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tokenservice_server.config import ConfigError, RedisTopology, Settings
+from tokenservice_server.domain.access_check import AccessChecker
 from tokenservice_server.domain.authentication import BearerAuthenticator
 from tokenservice_server.domain.bootstrap import admin_client_spec
+from tokenservice_server.domain.cache import CacheService
+from tokenservice_server.domain.cache_policy import CacheLimits
 from tokenservice_server.domain.client_directory import ClientDirectory
 from tokenservice_server.domain.client_registry import ClientRegistryService
 from tokenservice_server.domain.credentials import CredentialKind, SecretHasher, new_credential
+from tokenservice_server.domain.grants.authorization_code import AuthorizationCodeGrant
 from tokenservice_server.domain.grants.client_credentials import (
     ClientCredentialsGrant,
     TokenLifetimes,
 )
+from tokenservice_server.domain.grants.refresh_token import RefreshTokenGrant
+from tokenservice_server.domain.introspection import Introspector
+from tokenservice_server.domain.rate_limiting import RateLimitPolicy, TokenEndpointThrottle
+from tokenservice_server.domain.revocation import Revoker
+from tokenservice_server.domain.sessions import SessionService
+from tokenservice_server.domain.stats_buffer import StatsBuffer
+from tokenservice_server.storage.cache_store import RedisCacheStore
 from tokenservice_server.storage.client_store import RedisClientStore
 from tokenservice_server.storage.connection import RedisConnections
+from tokenservice_server.storage.grant_store import RedisGrantStore
+from tokenservice_server.storage.rate_limits import (
+    RedisAccessCheckStore,
+    RedisRateLimitStore,
+    RedisStatsStore,
+)
 from tokenservice_server.storage.scripts import ScriptRegistry
+from tokenservice_server.storage.session_store import RedisSessionStore
 from tokenservice_server.storage.token_store import RedisTokenStore
 
 __all__ = [
@@ -40,9 +58,18 @@ _PEPPER_FILE = "secret-pepper"
 class Components:
     registry: ClientRegistryService
     client_credentials: ClientCredentialsGrant
+    authorization_code: AuthorizationCodeGrant
+    refresh_token: RefreshTokenGrant
+    introspector: Introspector
+    revoker: Revoker
+    sessions: SessionService
     authenticator: BearerAuthenticator
     clients: RedisClientStore
     tokens: RedisTokenStore
+    cache: CacheService  # CacheService, on the cache DB
+    access_checker: AccessChecker  # Envoy ext_authz Check
+    token_throttle: TokenEndpointThrottle  # IssueToken rate limits
+    check_stats: StatsBuffer  # check counters, flushed to auth_stats in batches
 
 
 def _write_private(path: Path, content: str) -> None:
@@ -82,13 +109,62 @@ def build_components(settings: Settings, redis: RedisConnections) -> Components:
         access_token=settings.auth.access_token_ttl,
         refresh_token=settings.auth.refresh_token_ttl,
     )
+    grants = RedisGrantStore(redis.auth, scripts)
+    auth = settings.auth
+    limits = settings.rate_limit
+    policy = RateLimitPolicy(**limits.model_dump())
+    check_stats = StatsBuffer(RedisStatsStore(redis.auth))
     return Components(
         registry=ClientRegistryService(clients, hasher, directory, time.time),
         client_credentials=ClientCredentialsGrant(directory, tokens, hasher, lifetimes, time.time),
+        authorization_code=AuthorizationCodeGrant(
+            directory,
+            grants,
+            hasher,
+            lifetimes,
+            time.time,
+            code_ttl=auth.code_ttl,
+            allow_plain_pkce=auth.allow_plain_pkce,
+        ),
+        refresh_token=RefreshTokenGrant(
+            directory, grants, hasher, lifetimes, time.time, reuse_grace=auth.refresh_reuse_grace
+        ),
+        introspector=Introspector(tokens, time.time, auth.issuer),
+        revoker=Revoker(directory, tokens, hasher, time.time),
+        sessions=SessionService(
+            RedisSessionStore(redis.auth, scripts), time.time, auth.session_ttl
+        ),
         authenticator=BearerAuthenticator(tokens, time.time),
         clients=clients,
         tokens=tokens,
+        cache=_cache_service(settings, redis),
+        access_checker=AccessChecker(
+            RedisAccessCheckStore(scripts),
+            policy,
+            check_stats,
+            time.time,
+            realm=settings.ext_authz.realm,
+            trust_forwarded_for=settings.ext_authz.trust_x_forwarded_for,
+        ),
+        token_throttle=TokenEndpointThrottle(RedisRateLimitStore(scripts), policy),
+        check_stats=check_stats,
     )
+
+
+def _cache_service(settings: Settings, redis: RedisConnections) -> CacheService:
+    # The cache DB has its own pool; its scripts are registered on that client.
+    cache = settings.cache
+    limits = CacheLimits(
+        default_ttl=cache.default_ttl,
+        max_ttl=cache.max_ttl,
+        max_value_bytes=cache.max_value_bytes,
+        max_key_bytes=cache.max_key_bytes,
+        max_entries=cache.max_entries_per_namespace,
+        max_batch=cache.max_batch,
+        lease_ttl=cache.lease_ttl,
+        max_lease_ttl=cache.max_lease_ttl,
+    )
+    return CacheService(RedisCacheStore(ScriptRegistry(redis.cache)), limits)
 
 
 async def bootstrap_embedded_admin(components: Components, settings: Settings) -> Path:

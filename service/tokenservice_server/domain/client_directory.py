@@ -39,5 +39,8 @@ class ClientDirectory:
                 self._records.popitem(last=False)
         return record
 
+    def holds(self, client_id: str) -> bool:
+        return client_id in self._records
+
     def forget(self, client_id: str) -> None:
         self._records.pop(client_id, None)

@@ -131,8 +131,15 @@ class ClientRegistryService:
             raise NotFound(f"client {client_id!r} not found", field=field)
         return record
 
+    def _visible(self, client: Client) -> Client:
+        """The client as callers see it: a grace period that has ended is not shown."""
+        until = client.previous_secret_expire_time
+        if until is not None and until <= self._clock():
+            return replace(client, previous_secret_expire_time=None)
+        return client
+
     async def get(self, client_id: str) -> Client:
-        return (await self._load(client_id)).client
+        return self._visible((await self._load(client_id)).client)
 
     async def list(self, page_size: int, page_token: str) -> ClientPage:
         if page_size < 0:
@@ -144,7 +151,7 @@ class ClientRegistryService:
         page = records[:size]
         more = len(records) > size
         token = _encode_page_token(page[-1].client_id) if more and page else ""
-        return ClientPage([record.client for record in page], token)
+        return ClientPage([self._visible(record.client) for record in page], token)
 
     async def _replace(
         self, client_id: str, change: Callable[[ClientRecord], ClientRecord]
@@ -171,7 +178,7 @@ class ClientRegistryService:
             client = replace(record.client, spec=merged, update_time=self._clock())
             return replace(record, client=client)
 
-        return (await self._replace(client_id, change)).client
+        return self._visible((await self._replace(client_id, change)).client)
 
     async def bootstrap(self, client_id: str, spec: ClientSpec, secret: str) -> str:
         """Create or converge a client to ``spec`` with ``secret`` (idempotent, for init).

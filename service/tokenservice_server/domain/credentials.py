@@ -58,7 +58,9 @@ _LENGTH = len(CredentialKind.ACCESS_TOKEN.value) + 1 + _BODY_LENGTH + _CHECK_LEN
 
 def is_well_formed(value: str, kind: CredentialKind) -> bool:
     """Prefix, length, alphabet and checksum are right; says nothing about validity."""
-    if len(value) != _LENGTH or not value.startswith(kind.value + "_"):
+    if len(value) != _LENGTH or not value.isascii() or not value.startswith(kind.value + "_"):
+        # isascii: compare_digest raises TypeError on non-ASCII str, and callers pass
+        # untrusted input (bearer metadata); a malformed value must be False, not an error.
         return False
     stem, check = value[:-_CHECK_LENGTH], value[-_CHECK_LENGTH:]
     body = stem[len(kind.value) + 1 :]

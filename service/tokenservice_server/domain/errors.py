@@ -16,12 +16,14 @@ __all__ = [
     "InvalidRequest",
     "InvalidScope",
     "InvalidToken",
+    "NamespaceFull",
     "NotFound",
     "PermissionDenied",
     "RateLimited",
     "Unauthenticated",
     "UnauthorizedClient",
     "UnsupportedGrantType",
+    "ValueTooLarge",
 ]
 
 
@@ -111,12 +113,37 @@ class FailedPrecondition(DomainError):
 
 
 class RateLimited(DomainError):
+    """Over a rate limit; ``limited_by`` names the bucket (ErrorInfo metadata ``bucket``)."""
+
     reason = "RATE_LIMITED"
 
-    def __init__(self, message: str, *, retry_after: float) -> None:
+    def __init__(self, message: str, *, retry_after: float, limited_by: str = "") -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.limited_by = limited_by
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        meta = super().metadata
+        if self.limited_by:
+            meta["bucket"] = self.limited_by
+        return meta
 
 
 class BackendUnavailable(DomainError):
     reason = "BACKEND_UNAVAILABLE"
+
+
+class ValueTooLarge(DomainError):
+    """A cache key or value exceeds its size limit (names the field and the limit in bytes)."""
+
+    reason = "VALUE_TOO_LARGE"
+
+    def __init__(self, field: str, limit: int) -> None:
+        super().__init__(f"{field}: larger than {limit} bytes", field=field, limit=limit)
+
+
+class NamespaceFull(DomainError):
+    """A write cannot fit in a cache namespace even after LRU eviction."""
+
+    reason = "NAMESPACE_FULL"

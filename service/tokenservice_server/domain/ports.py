@@ -8,9 +8,23 @@ from __future__ import annotations
 from typing import Protocol
 
 from tokenservice_server.domain.clients import ClientRecord
-from tokenservice_server.domain.tokens import AccessTokenRecord
+from tokenservice_server.domain.rate_limiting import Admission, RateLimitPolicy
+from tokenservice_server.domain.tokens import (
+    AccessTokenRecord,
+    AuthorizationCode,
+    GrantResult,
+    TokenKind,
+    TokenRecord,
+)
 
-__all__ = ["ClientStore", "TokenStore"]
+__all__ = [
+    "AccessCheckStore",
+    "ClientStore",
+    "GrantStore",
+    "RateLimitStore",
+    "StatsSink",
+    "TokenStore",
+]
 
 
 class ClientStore(Protocol):
@@ -39,3 +53,75 @@ class TokenStore(Protocol):
 
     async def find_access_token(self, digest: str) -> AccessTokenRecord | None:
         """The live, unrevoked token with this digest, or None."""
+
+    async def find_tokens(
+        self, wanted: list[tuple[TokenKind, str]], *, count_introspection: bool = False
+    ) -> list[TokenRecord | None]:
+        """Several lookups in one round trip, in order; None for unknown or revoked."""
+
+    async def revoke_token(self, client_id: str, kind: TokenKind, digest: str) -> int:
+        """Revoke a token iff it belongs to ``client_id`` (a refresh token takes its
+        family with it); the number revoked."""
+
+    async def revoke_subject(self, subject: str) -> int: ...
+
+    async def revoke_client_tokens(self, client_id: str) -> int: ...
+
+    async def statistics(self) -> dict[str, int]: ...
+
+
+class GrantStore(Protocol):
+    async def store_code(
+        self, digest: str, code: AuthorizationCode, *, client_generation: int, ttl: int
+    ) -> int:
+        """1 stored, 0 stale client, -1 the session is gone."""
+
+    async def redeem_code(
+        self,
+        digest: str,
+        *,
+        client_id: str,
+        client_generation: int,
+        redirect_uri: str,
+        verifier_s256: str,
+        verifier: str,
+        now: int,
+        access: tuple[str, str, int],
+        refresh: tuple[str, str, int] | None,
+        audiences: tuple[str, ...],
+    ) -> GrantResult: ...
+
+    async def rotate_refresh(
+        self,
+        digest: str,
+        *,
+        client_id: str,
+        client_generation: int,
+        scope: str,
+        now_ms: int,
+        grace_ms: int,
+        access: tuple[str, str, int],
+        refresh: tuple[str, str, int],
+        audiences: tuple[str, ...],
+    ) -> GrantResult: ...
+
+
+class RateLimitStore(Protocol):
+    async def admit_token_request(
+        self, client_id: str, client_ip: str, policy: RateLimitPolicy
+    ) -> Admission:
+        """Count one token request in the client's and the IP's buckets, or in neither
+        ('' skips a bucket); the client record's own limit replaces the default."""
+
+
+class AccessCheckStore(Protocol):
+    async def resolve_and_admit(
+        self, digest: str, *, client_ip: str, route_key: str, policy: RateLimitPolicy
+    ) -> tuple[TokenRecord | None, Admission]:
+        """The live, unrevoked access token with this digest (or None), and whether the
+        request fits the IP's, the token client's and the route's buckets."""
+
+
+class StatsSink(Protocol):
+    async def increment(self, counts: dict[str, int]) -> None:
+        """Add ``counts`` to the ``auth_stats`` counters."""

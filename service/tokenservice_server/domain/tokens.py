@@ -5,7 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-__all__ = ["AccessTokenRecord", "Caller", "TokenKind"]
+__all__ = [
+    "AccessTokenRecord",
+    "AuthorizationCode",
+    "Caller",
+    "GrantResult",
+    "Session",
+    "TokenKind",
+    "TokenRecord",
+]
 
 
 class TokenKind(StrEnum):
@@ -14,8 +22,8 @@ class TokenKind(StrEnum):
 
 
 @dataclass(frozen=True)
-class AccessTokenRecord:
-    """Metadata of one access token, stored under the SHA-256 of the token."""
+class TokenRecord:
+    """Metadata of one token, stored under the SHA-256 of the token."""
 
     digest: str
     client_id: str
@@ -27,9 +35,26 @@ class AccessTokenRecord:
     audiences: tuple[str, ...] = ()
     session_id: str = ""
     family_id: str = ""  # grant family (authorization code / refresh chain)
+    kind: TokenKind = TokenKind.ACCESS
+    rotated: bool = False  # a refresh token that was already exchanged
 
     def ttl(self, now: float) -> int:
         return max(0, self.expires_at - int(now))
+
+
+# The name the access-token code path grew up with.
+AccessTokenRecord = TokenRecord
+
+
+@dataclass(frozen=True)
+class GrantResult:
+    """What an atomic grant step (code redemption, refresh rotation) reports."""
+
+    status: str  # "ok" or the failure the script found
+    scope: str = ""
+    subject: str = ""
+    session_id: str = ""
+    family_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -43,3 +68,29 @@ class Caller:
 
     def has_scope(self, scope: str) -> bool:
         return scope in self.scopes
+
+
+@dataclass(frozen=True)
+class AuthorizationCode:
+    """A pending authorization (RFC 6749 section 4.1.2), stored under SHA-256(code)."""
+
+    client_id: str
+    redirect_uri: str
+    scopes: frozenset[str]
+    subject: str
+    family_id: str
+    challenge: str = ""
+    challenge_method: str = ""  # "S256" or "plain" when challenge is set
+    session_id: str = ""
+
+
+@dataclass(frozen=True)
+class Session:
+    """A user's login session; tokens bound to it die with it."""
+
+    session_id: str
+    subject: str
+    client_id: str
+    create_time: float  # Unix seconds
+    expire_time: float  # Unix seconds
+    attributes: dict[str, str]

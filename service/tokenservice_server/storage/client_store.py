@@ -120,12 +120,7 @@ class RedisClientStore:
                     keys.CLIENTS_INDEX,
                     keys.AUTH_STATS,
                 ],
-                args=[
-                    client_id,
-                    keys.ACCESS_TOKEN_PREFIX,
-                    keys.REFRESH_TOKEN_PREFIX,
-                    keys.BLACKLIST_PREFIX,
-                ],
+                args=[client_id, keys.AUTH_ROOT],
             )
         )
         return None if revoked < 0 else revoked

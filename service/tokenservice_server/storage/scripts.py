@@ -9,9 +9,14 @@ change is one script. Every script starts with a comment header naming its inter
     -- Returns: ...
 
 A script without the three lines is refused at load time, so the interface of every script
-is documented where it is written. Scripts run with EVALSHA (redis-py loads them again
-after a ``NOSCRIPT``, e.g. on a fresh master after a failover) and are always called with
-explicit ``keys=`` and ``args=``.
+is documented where it is written.
+
+Files whose name starts with ``_`` are libraries of local Lua functions, not scripts: a
+script line ``-- include: _name.lua`` is replaced by that file's text before loading, so
+logic several scripts need (revoking a set of tokens, say) is written once.
+
+Scripts run with EVALSHA (redis-py loads them again after a ``NOSCRIPT``, e.g. on a fresh
+master after a failover) and are always called with explicit ``keys=`` and ``args=``.
 """
 
 from __future__ import annotations
@@ -72,6 +77,24 @@ def parse_header(source: str, *, origin: str) -> ScriptHeader:
     return ScriptHeader(keys=found["KEYS"], argv=found["ARGV"], returns=found["Returns"])
 
 
+_INCLUDE: Final = "-- include:"
+
+
+def _expand(source: str, directory: Path, origin: Path) -> str:
+    """Inline ``-- include: _lib.lua`` lines (libraries only, no nesting)."""
+    lines = []
+    for line in source.splitlines():
+        if line.strip().startswith(_INCLUDE):
+            name = line.strip()[len(_INCLUDE) :].strip()
+            library = directory / name
+            if not name.startswith("_") or not library.is_file():
+                raise ScriptHeaderError(f"{origin}: cannot include {name!r}")
+            lines.append(library.read_text(encoding="utf-8"))
+        else:
+            lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
 class ScriptRegistry(Mapping[str, AsyncScript]):
     """Every ``*.lua`` file of ``directory``, registered on ``client``, by file stem.
 
@@ -85,9 +108,11 @@ class ScriptRegistry(Mapping[str, AsyncScript]):
         self.headers: dict[str, ScriptHeader] = {}
         self._scripts: dict[str, AsyncScript] = {}
         for path in sorted(directory.glob("*.lua")):
+            if path.name.startswith("_"):
+                continue
             source = path.read_text(encoding="utf-8")
             self.headers[path.stem] = parse_header(source, origin=str(path))
-            self._scripts[path.stem] = client.register_script(source)
+            self._scripts[path.stem] = client.register_script(_expand(source, directory, path))
 
     def __getitem__(self, name: str) -> AsyncScript:
         try:

@@ -1,4 +1,4 @@
-"""Token records under ``auth:access_token:{sha256}`` with their indexes.
+"""Token records under ``auth:access_token:{sha256}`` / ``auth:refresh_token:{sha256}``.
 
 Field names are short on purpose: every live token costs memory for as long as it lives
 (the budget is 400 bytes per access token including its index entries).
@@ -6,16 +6,34 @@ Field names are short on purpose: every live token costs memory for as long as i
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
 from redis.asyncio import Redis
 
-from tokenservice_server.domain.tokens import AccessTokenRecord
+from tokenservice_server.domain.tokens import TokenKind, TokenRecord
 from tokenservice_server.storage import keys
 from tokenservice_server.storage.scripts import ScriptRegistry
 
-__all__ = ["RedisTokenStore", "decode_access_token", "encode_access_token"]
+__all__ = ["RedisTokenStore", "decode_token", "encode_access_token"]
+
+_RECORD_KEY = {TokenKind.ACCESS: keys.access_token_key, TokenKind.REFRESH: keys.refresh_token_key}
+_MEMBER = {TokenKind.ACCESS: keys.access_token_member, TokenKind.REFRESH: keys.refresh_token_member}
+_STAT_FIELDS = (
+    "access_tokens_issued",
+    "refresh_tokens_issued",
+    "authorization_codes_issued",
+    "access_tokens_revoked",
+    "refresh_tokens_revoked",
+    "introspections",
+    "checks_allowed",
+    "checks_denied",
+    "refresh_token_reuse",
+    "authorization_code_reuse",
+)
 
 
-def encode_access_token(record: AccessTokenRecord) -> list[str]:
+def encode_access_token(record: TokenRecord) -> list[str]:
     fields = {
         "c": record.client_id,
         "s": " ".join(sorted(record.scopes)),
@@ -30,9 +48,11 @@ def encode_access_token(record: AccessTokenRecord) -> list[str]:
     return [item for name, value in fields.items() if value for item in (name, value)]
 
 
-def decode_access_token(digest: str, raw: dict[bytes, bytes]) -> AccessTokenRecord:
+def decode_token(
+    digest: str, raw: dict[bytes, bytes], kind: TokenKind = TokenKind.ACCESS
+) -> TokenRecord:
     data = {key.decode(): value.decode() for key, value in raw.items()}
-    return AccessTokenRecord(
+    return TokenRecord(
         digest=digest,
         client_id=data["c"],
         scopes=frozenset(data.get("s", "").split()),
@@ -43,7 +63,12 @@ def decode_access_token(digest: str, raw: dict[bytes, bytes]) -> AccessTokenReco
         audiences=tuple(data.get("a", "").split()),
         session_id=data.get("n", ""),
         family_id=data.get("f", ""),
+        kind=kind,
+        rotated=data.get("st") == "rotated",
     )
+
+
+decode_access_token = decode_token
 
 
 class RedisTokenStore:
@@ -52,7 +77,7 @@ class RedisTokenStore:
         self._scripts = scripts
 
     async def issue_access_token(
-        self, record: AccessTokenRecord, *, client_generation: int, ttl: int
+        self, record: TokenRecord, *, client_generation: int, ttl: int
     ) -> bool:
         member = keys.access_token_member(record.digest)
         issued = await self._scripts.call(
@@ -68,14 +93,69 @@ class RedisTokenStore:
         )
         return bool(issued)
 
-    async def find_access_token(self, digest: str) -> AccessTokenRecord | None:
-        # Revocation deletes the record and leaves a blacklist marker; checking both in
-        # one pipelined round trip keeps a token revoked even if a stale replica or a
-        # restored backup still held its record.
+    async def find_access_token(self, digest: str) -> TokenRecord | None:
+        return await self.find_token(TokenKind.ACCESS, digest)
+
+    async def find_token(self, kind: TokenKind, digest: str) -> TokenRecord | None:
+        found = await self.find_tokens([(kind, digest)])
+        return found[0]
+
+    async def find_tokens(
+        self, wanted: list[tuple[TokenKind, str]], *, count_introspection: bool = False
+    ) -> list[TokenRecord | None]:
+        """Several lookups in one pipelined round trip (e.g. the caller's token and the
+        token being introspected).
+
+        Revocation deletes the record and leaves a blacklist marker; checking both keeps a
+        token revoked even if a stale replica or a restored backup still held its record.
+        """
         async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.hgetall(keys.access_token_key(digest))
-            pipe.exists(keys.blacklist_key(digest))
-            raw, blacklisted = await pipe.execute()
-        if not raw or blacklisted:
-            return None
-        return decode_access_token(digest, raw)
+            for kind, digest in wanted:
+                pipe.hgetall(_RECORD_KEY[kind](digest))
+                pipe.exists(keys.blacklist_key(digest))
+            if count_introspection:
+                pipe.hincrby(keys.AUTH_STATS, "introspections", 1)
+            replies: list[Any] = await pipe.execute()
+        found: list[TokenRecord | None] = []
+        for index, (kind, digest) in enumerate(wanted):
+            raw, blacklisted = replies[2 * index], replies[2 * index + 1]
+            found.append(decode_token(digest, raw, kind) if raw and not blacklisted else None)
+        return found
+
+    async def revoke_token(self, client_id: str, kind: TokenKind, digest: str) -> int:
+        return int(
+            await self._scripts.call(
+                "revoke_token",
+                keys=[_RECORD_KEY[kind](digest)],
+                args=[client_id, _MEMBER[kind](digest), keys.AUTH_ROOT],
+            )
+        )
+
+    async def revoke_index(self, index_key: str) -> int:
+        revoked = await self._scripts.call(
+            "revoke_index",
+            keys=[index_key, "", keys.SESSION_CLEANUP],
+            args=[keys.AUTH_ROOT, ""],
+        )
+        return max(0, int(revoked))
+
+    async def revoke_subject(self, subject: str) -> int:
+        return await self.revoke_index(keys.subject_tokens_key(subject))
+
+    async def revoke_client_tokens(self, client_id: str) -> int:
+        return await self.revoke_index(keys.client_tokens_key(client_id))
+
+    async def statistics(self) -> dict[str, int]:
+        """Counters of ``auth_stats`` plus live counts (members not yet expired)."""
+        now = int(time.time())
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(keys.AUTH_STATS)
+            pipe.zcount(keys.TOKEN_CLEANUP, now + 1, "+inf")
+            pipe.zcount(keys.REFRESH_CLEANUP, now + 1, "+inf")
+            pipe.zcount(keys.SESSION_CLEANUP, now + 1, "+inf")
+            raw, access, refresh, sessions = await pipe.execute()
+        counters = {key.decode(): int(value) for key, value in raw.items()}
+        stats = {name: counters.get(name, 0) for name in _STAT_FIELDS}
+        stats.update(active_access_tokens=access, active_refresh_tokens=refresh)
+        stats["active_sessions"] = sessions
+        return stats

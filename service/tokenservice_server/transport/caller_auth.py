@@ -33,18 +33,24 @@ _PROTECTED_PACKAGE = "/tokenservice.v1."
 class Policy:
     needs_caller: bool
     scope: str | None = None
+    reads_bearer: bool = True  # False: an authorization header is not even looked at
 
 
 PUBLIC = Policy(needs_caller=False)
+# The token endpoint authenticates clients from the request body only: a stale bearer
+# token a channel attaches to every call must not stop a client from getting a new one.
+TOKEN_ENDPOINT = Policy(needs_caller=False, reads_bearer=False)
 AUTHENTICATED = Policy(needs_caller=True)
 ADMIN = Policy(needs_caller=True, scope=scopes.ADMIN)
 AUTHORIZE = Policy(needs_caller=True, scope=scopes.AUTHORIZE)
 
 _TOKEN = "/tokenservice.v1.TokenService/"
 _POLICIES: dict[str, Policy] = {
-    _TOKEN + "IssueToken": PUBLIC,
+    _TOKEN + "IssueToken": TOKEN_ENDPOINT,
     _TOKEN + "RevokeToken": PUBLIC,  # RFC 7009 client authentication, or a bearer token
-    _TOKEN + "IntrospectToken": AUTHENTICATED,  # introspect scope, or the token's owner
+    # The servicer authenticates the caller in the same round trip as the lookup;
+    # callers need scope tokenservice.introspect, or may see only their own tokens.
+    _TOKEN + "IntrospectToken": PUBLIC,
     _TOKEN + "Authorize": AUTHORIZE,
     _TOKEN + "CreateSession": AUTHORIZE,
     _TOKEN + "GetSession": AUTHORIZE,
@@ -108,7 +114,7 @@ class CallerAuthInterceptor(grpc.aio.ServerInterceptor):
         method = handler_call_details.method
         policy = policy_for(method)
         authorization = _authorization(handler_call_details.invocation_metadata)
-        if policy is PUBLIC and authorization is None:
+        if not policy.reads_bearer or (not policy.needs_caller and authorization is None):
             return handler
         if handler.unary_unary is None:
             # Only unary RPCs carry caller credentials in this API; fail closed.

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from tokenservice_server.domain.authentication import authenticate_client
+from tokenservice_server.domain.client_attempts import STALE, with_current_client
 from tokenservice_server.domain.client_directory import ClientDirectory
 from tokenservice_server.domain.clients import ClientRecord, ClientType, GrantType
 from tokenservice_server.domain.credentials import (
@@ -20,7 +21,6 @@ from tokenservice_server.domain.credentials import (
     new_credential,
 )
 from tokenservice_server.domain.errors import (
-    BackendUnavailable,
     InvalidClient,
     InvalidScope,
     UnauthorizedClient,
@@ -30,8 +30,6 @@ from tokenservice_server.domain.scopes import format_scope, parse_scope
 from tokenservice_server.domain.tokens import AccessTokenRecord
 
 __all__ = ["ClientCredentialsGrant", "IssuedTokens", "TokenLifetimes", "resolve_scope"]
-
-_STALE_RETRIES = 3
 
 
 @dataclass(frozen=True)
@@ -46,6 +44,9 @@ class IssuedTokens:
     expires_in: int
     scopes: frozenset[str]
     refresh_token: str = ""
+    refresh_expires_in: int = 0
+    family_id: str = ""
+    session_id: str = ""
 
 
 def resolve_scope(requested: str, record: ClientRecord) -> frozenset[str]:
@@ -79,9 +80,7 @@ class ClientCredentialsGrant:
         self._clock = clock
 
     async def issue(self, client_id: str, client_secret: str, scope: str) -> IssuedTokens:
-        fresh = False
-        for _ in range(_STALE_RETRIES):
-            record = await self._directory.get(client_id, fresh=fresh)
+        async def attempt(record: ClientRecord | None) -> IssuedTokens | None:
             now = self._clock()
             client = authenticate_client(record, client_secret, self._hasher, now)
             if client.spec.client_type is not ClientType.CONFIDENTIAL:
@@ -104,9 +103,8 @@ class ClientCredentialsGrant:
             stored = await self._tokens.issue_access_token(
                 token_record, client_generation=client.generation, ttl=ttl
             )
-            if stored:
-                return IssuedTokens(access_token=token, expires_in=ttl, scopes=scopes)
-            # Our copy of the client is older than the stored one: re-read, re-check.
-            self._directory.forget(client_id)
-            fresh = True
-        raise BackendUnavailable("client record kept changing while issuing; retry")
+            if not stored:
+                return STALE
+            return IssuedTokens(access_token=token, expires_in=ttl, scopes=scopes)
+
+        return await with_current_client(self._directory, client_id, attempt)

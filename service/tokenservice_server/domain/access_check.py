@@ -1,0 +1,251 @@
+"""May this HTTP request reach the service? Envoy's ext_authz Check, decided from the
+request's bearer token (RFC 6750) and the route's requirements.
+
+Steps, cheapest first:
+
+1. No ``authorization`` header, or another scheme: 401 with a bare challenge (RFC 6750
+   section 3.1: a request without credentials gets no error code). No Redis.
+2. A Bearer token (section 2.1; the scheme is case-insensitive) that fails its checksum:
+   401 ``invalid_token``. No Redis.
+3. One Redis round trip resolves the token and counts the request against the rate
+   limits (``check_access_token.lua``); over a limit: 429 with ``Retry-After``.
+4. No live token (unknown, expired, revoked), or not for the route's audience: 401
+   ``invalid_token``.
+5. The route's required scopes not all granted: 403 ``insufficient_scope`` naming them.
+6. Otherwise allowed, as the token's client and subject with its scopes.
+
+Denials are answers, not failures: only an unreachable Redis raises (the transport turns
+that into an RPC error, which Envoy treats as "authorizer broken").
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING
+
+from tokenservice_server.domain.bearer_challenge import (
+    BearerError,
+    bearer_challenge,
+    http_status_for,
+)
+from tokenservice_server.domain.credentials import CredentialKind, digest, is_well_formed
+from tokenservice_server.domain.errors import InvalidRequest
+from tokenservice_server.domain.rate_limiting import RateLimitPolicy
+from tokenservice_server.domain.stats_buffer import StatsBuffer
+from tokenservice_server.domain.tokens import Caller
+
+if TYPE_CHECKING:
+    from tokenservice_server.domain.ports import AccessCheckStore
+
+__all__ = [
+    "AccessChecker",
+    "AccessDecision",
+    "AccessRequest",
+    "Outcome",
+    "RouteRequirements",
+    "client_ip",
+    "route_requirements",
+]
+
+#: Per-route ``context_extensions`` keys of Envoy's ext_authz filter.
+REQUIRED_SCOPES = "required_scopes"
+AUDIENCE = "audience"
+RATE_LIMIT_KEY = "rate_limit_key"
+
+_ROUTE_KEY = re.compile(r"^[A-Za-z0-9._~:/-]{1,128}$")
+
+
+class Outcome(StrEnum):
+    """Every answer Check gives; the values label ``tokenservice_check_total``."""
+
+    ALLOWED = "allowed"
+    MISSING_CREDENTIALS = "missing_credentials"
+    INVALID_TOKEN = "invalid_token"
+    INSUFFICIENT_SCOPE = "insufficient_scope"
+    RATE_LIMITED = "rate_limited"
+
+
+@dataclass(frozen=True)
+class RouteRequirements:
+    """What a route demands, from its ``context_extensions`` (set per route in Envoy)."""
+
+    scopes: frozenset[str] = frozenset()
+    audience: str = ""
+    rate_limit_key: str = ""  # counts the route's requests per client in its own bucket
+
+
+@dataclass(frozen=True)
+class AccessRequest:
+    """The parts of an HTTP request that Check reads."""
+
+    authorization: str | None
+    source_address: str = ""
+    forwarded_for: str = ""
+    route: RouteRequirements = RouteRequirements()
+
+
+@dataclass(frozen=True)
+class AccessDecision:
+    outcome: Outcome
+    http_status: int = 200
+    caller: Caller | None = None
+    challenge: str = ""  # the WWW-Authenticate value of a 401/403
+    error: BearerError | None = None
+    description: str = ""
+    retry_after: float = 0.0  # seconds, for a 429
+    limited_by: str = ""  # the bucket that refused a 429: ip, client or route
+
+    @property
+    def allowed(self) -> bool:
+        return self.outcome is Outcome.ALLOWED
+
+    @property
+    def retry_after_seconds(self) -> int:
+        """``Retry-After`` is whole seconds (RFC 9110 section 10.2.3); never 0."""
+        return max(1, math.ceil(self.retry_after))
+
+
+def route_requirements(extensions: Mapping[str, str]) -> RouteRequirements:
+    """Read a route's ``context_extensions``; a malformed rate-limit key is a config error.
+
+    Required scopes are split on whitespace and not validated: a scope no token can hold
+    simply denies every request (fail closed) and is named in the challenge.
+    """
+    key = extensions.get(RATE_LIMIT_KEY, "")
+    if key and not _ROUTE_KEY.match(key):
+        raise InvalidRequest(
+            f"context_extensions.{RATE_LIMIT_KEY}", "1-128 characters of A-Z a-z 0-9 . _ ~ : / -"
+        )
+    return RouteRequirements(
+        scopes=frozenset(extensions.get(REQUIRED_SCOPES, "").split()),
+        audience=extensions.get(AUDIENCE, "").strip(),
+        rate_limit_key=key,
+    )
+
+
+def _ip(text: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text.strip()))
+    except ValueError:
+        return ""
+
+
+def client_ip(source_address: str, forwarded_for: str, *, trust_forwarded_for: bool) -> str:
+    """The address whose bucket counts the request ('' if there is none).
+
+    The first ``x-forwarded-for`` hop names the original client only behind an edge
+    proxy that overwrites the header; anyone else can write any address there, so it is
+    used only when ``trust_forwarded_for`` says the deployment has such a proxy.
+    """
+    if trust_forwarded_for and forwarded_for:
+        first = _ip(forwarded_for.split(",", 1)[0])
+        if first:
+            return first
+    return _ip(source_address)
+
+
+def _bearer(authorization: str | None) -> str | None:
+    """The token of ``Bearer <token>`` (RFC 6750 section 2.1), '' if empty, None if the
+    header is absent or names another scheme."""
+    scheme, _, token = (authorization or "").strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return token.strip()
+
+
+class AccessChecker:
+    def __init__(
+        self,
+        store: AccessCheckStore,
+        policy: RateLimitPolicy,
+        stats: StatsBuffer,
+        clock: Callable[[], float],
+        *,
+        realm: str,
+        trust_forwarded_for: bool = False,
+    ) -> None:
+        self._store = store
+        self._policy = policy
+        self._stats = stats
+        self._clock = clock
+        self._realm = realm
+        self._trust_forwarded_for = trust_forwarded_for
+
+    async def check(self, request: AccessRequest) -> AccessDecision:
+        decision = await self._decide(request)
+        self._stats.add("checks_allowed" if decision.allowed else "checks_denied")
+        return decision
+
+    async def _decide(self, request: AccessRequest) -> AccessDecision:
+        token = _bearer(request.authorization)
+        if token is None:
+            return self._deny(Outcome.MISSING_CREDENTIALS, None)
+        if not is_well_formed(token, CredentialKind.ACCESS_TOKEN):
+            return self._deny(
+                Outcome.INVALID_TOKEN, BearerError.INVALID_TOKEN, "the access token is malformed"
+            )
+        route = request.route
+        ip = client_ip(
+            request.source_address,
+            request.forwarded_for,
+            trust_forwarded_for=self._trust_forwarded_for,
+        )
+        record, admission = await self._store.resolve_and_admit(
+            digest(token), client_ip=ip, route_key=route.rate_limit_key, policy=self._policy
+        )
+        if not admission.allowed:
+            return AccessDecision(
+                outcome=Outcome.RATE_LIMITED,
+                http_status=429,
+                description="too many requests",
+                retry_after=admission.retry_after,
+                limited_by=admission.limited_by,
+            )
+        if record is None or record.expires_at <= self._clock():
+            return self._deny(
+                Outcome.INVALID_TOKEN,
+                BearerError.INVALID_TOKEN,
+                "the access token is invalid, expired or revoked",
+            )
+        if route.audience and route.audience not in record.audiences:
+            return self._deny(
+                Outcome.INVALID_TOKEN,
+                BearerError.INVALID_TOKEN,
+                "the access token is not meant for this audience",
+            )
+        if not route.scopes <= record.scopes:
+            return self._deny(
+                Outcome.INSUFFICIENT_SCOPE,
+                BearerError.INSUFFICIENT_SCOPE,
+                "the access token lacks a required scope",
+                scope=route.scopes,
+            )
+        caller = Caller(
+            client_id=record.client_id,
+            scopes=record.scopes,
+            subject=record.subject,
+            token_digest=record.digest,
+        )
+        return AccessDecision(outcome=Outcome.ALLOWED, caller=caller)
+
+    def _deny(
+        self,
+        outcome: Outcome,
+        error: BearerError | None,
+        description: str = "",
+        *,
+        scope: frozenset[str] = frozenset(),
+    ) -> AccessDecision:
+        challenge = bearer_challenge(self._realm, error, description=description, scope=scope)
+        return AccessDecision(
+            outcome=outcome,
+            http_status=http_status_for(error),
+            challenge=challenge,
+            error=error,
+            description=description,
+        )

@@ -1,0 +1,105 @@
+"""The refresh token grant with rotation and reuse detection (RFC 6749 section 6,
+RFC 9700 section 4.14.2).
+
+Every use rotates the token; a rotated token presented again revokes its whole grant
+family, except once within the configured grace period (default 0), for a client whose
+response was lost. Public clients refresh without a secret: the rotation itself is what
+binds the token to them (RFC 9700 section 4.14.2).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+
+from tokenservice_server.domain.authentication import authenticate_client
+from tokenservice_server.domain.client_attempts import STALE, with_current_client
+from tokenservice_server.domain.client_directory import ClientDirectory
+from tokenservice_server.domain.clients import ClientRecord, GrantType
+from tokenservice_server.domain.credentials import (
+    CredentialKind,
+    SecretHasher,
+    digest,
+    is_well_formed,
+    new_credential,
+)
+from tokenservice_server.domain.errors import InvalidGrant, InvalidRequest, InvalidScope
+from tokenservice_server.domain.grants.client_credentials import IssuedTokens, TokenLifetimes
+from tokenservice_server.domain.ports import GrantStore
+from tokenservice_server.domain.scopes import format_scope, parse_scope
+
+__all__ = ["RefreshTokenGrant"]
+
+_FAILURES = {
+    "invalid": "the refresh token is invalid, expired, revoked or issued to another client",
+    "reused": "the refresh token was already used; its grant is revoked (RFC 9700 4.14.2)",
+    "session_ended": "the session this grant belonged to has ended",
+}
+
+
+class RefreshTokenGrant:
+    def __init__(
+        self,
+        directory: ClientDirectory,
+        grants: GrantStore,
+        hasher: SecretHasher,
+        lifetimes: TokenLifetimes,
+        clock: Callable[[], float],
+        *,
+        reuse_grace: float,
+    ) -> None:
+        self._directory = directory
+        self._grants = grants
+        self._hasher = hasher
+        self._lifetimes = lifetimes
+        self._clock = clock
+        self._grace_ms = round(reuse_grace * 1000)
+
+    async def refresh(
+        self, client_id: str, client_secret: str, refresh_token: str, scope: str
+    ) -> IssuedTokens:
+        if not refresh_token:
+            raise InvalidRequest("refresh_token", "required")
+        requested = parse_scope(scope)
+        if not is_well_formed(refresh_token, CredentialKind.REFRESH_TOKEN):
+            raise InvalidGrant(_FAILURES["invalid"], field="refresh_token")
+
+        async def attempt(record: ClientRecord | None) -> IssuedTokens | None:
+            now = self._clock()
+            client = authenticate_client(record, client_secret, self._hasher, now)
+            if GrantType.REFRESH_TOKEN not in client.spec.grant_types:
+                raise InvalidGrant("this client may not use the refresh_token grant")
+            access_ttl = client.spec.access_token_ttl or self._lifetimes.access_token
+            refresh_ttl = client.spec.refresh_token_ttl or self._lifetimes.refresh_token
+            access = new_credential(CredentialKind.ACCESS_TOKEN)
+            refresh = new_credential(CredentialKind.REFRESH_TOKEN)
+            result = await self._grants.rotate_refresh(
+                digest(refresh_token),
+                client_id=client.client_id,
+                client_generation=client.generation,
+                scope=format_scope(requested),
+                now_ms=round(now * 1000),
+                grace_ms=self._grace_ms,
+                access=(digest(access), secrets.token_hex(8), access_ttl),
+                refresh=(digest(refresh), secrets.token_hex(8), refresh_ttl),
+                audiences=client.spec.audiences,
+            )
+            if result.status == "stale":
+                return STALE
+            if result.status == "invalid_scope":
+                raise InvalidScope("scope wider than the original grant (RFC 6749 section 6)")
+            if result.status != "ok":
+                raise InvalidGrant(
+                    _FAILURES.get(result.status, "invalid grant"), field="refresh_token"
+                )
+            return IssuedTokens(
+                access_token=access,
+                expires_in=access_ttl,
+                scopes=parse_scope(result.scope),
+                refresh_token=refresh,
+                refresh_expires_in=refresh_ttl,
+                family_id=result.family_id,
+                session_id=result.session_id,
+            )
+
+        return await with_current_client(self._directory, client_id, attempt)

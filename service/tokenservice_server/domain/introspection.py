@@ -1,0 +1,74 @@
+"""Token introspection (RFC 7662).
+
+"If the introspection call is properly authorized but the token is not active, does not
+exist on this server, or the protected resource is not allowed to introspect this
+particular token, then the authorization server MUST return an introspection response
+with the 'active' field set to false" (section 2.2): a caller learns nothing about
+tokens it may not see. Callers may see every token with scope tokenservice.introspect,
+and otherwise only tokens issued to themselves.
+
+The caller's own bearer token and the introspected token are looked up in one pipelined
+round trip, together with the introspection counter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from tokenservice_server.domain import scopes
+from tokenservice_server.domain.authentication import bearer_token
+from tokenservice_server.domain.credentials import CredentialKind, digest, is_well_formed
+from tokenservice_server.domain.errors import InvalidRequest, InvalidToken
+from tokenservice_server.domain.ports import TokenStore
+from tokenservice_server.domain.tokens import TokenKind, TokenRecord
+
+__all__ = ["Introspection", "Introspector", "token_kind"]
+
+MAX_TOKEN = 512
+
+
+def token_kind(token: str) -> TokenKind | None:
+    """The kind of a well-formed token, read from its prefix; None if malformed."""
+    if is_well_formed(token, CredentialKind.ACCESS_TOKEN):
+        return TokenKind.ACCESS
+    if is_well_formed(token, CredentialKind.REFRESH_TOKEN):
+        return TokenKind.REFRESH
+    return None
+
+
+@dataclass(frozen=True)
+class Introspection:
+    active: bool
+    record: TokenRecord | None = None
+    issuer: str = ""
+
+
+class Introspector:
+    def __init__(self, tokens: TokenStore, clock: Callable[[], float], issuer: str) -> None:
+        self._tokens = tokens
+        self._clock = clock
+        self._issuer = issuer
+
+    async def introspect(self, authorization: str | None, token: str) -> Introspection:
+        presented = bearer_token(authorization)
+        if not is_well_formed(presented, CredentialKind.ACCESS_TOKEN):
+            raise InvalidToken("the access token is malformed")
+        if len(token) > MAX_TOKEN:
+            raise InvalidRequest("token", f"at most {MAX_TOKEN} characters", limit=MAX_TOKEN)
+        kind = token_kind(token)
+        wanted = [(TokenKind.ACCESS, digest(presented))]
+        if kind is not None:
+            wanted.append((kind, digest(token)))
+        found = await self._tokens.find_tokens(wanted, count_introspection=True)
+        now = self._clock()
+        caller = found[0]
+        if caller is None or caller.expires_at <= now:
+            raise InvalidToken("the access token is invalid, expired or revoked")
+        target = found[1] if kind is not None else None
+        if target is None or target.expires_at <= now or target.rotated:
+            return Introspection(active=False)
+        visible = scopes.INTROSPECT in caller.scopes or target.client_id == caller.client_id
+        if not visible:
+            return Introspection(active=False)
+        return Introspection(active=True, record=target, issuer=self._issuer)

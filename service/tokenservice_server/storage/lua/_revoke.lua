@@ -1,0 +1,83 @@
+-- _revoke.lua: library of token revocation and issuing steps, included by other scripts.
+-- KEYS: none of its own (key names derive from the 'auth:' root passed by the caller)
+-- ARGV: none of its own
+-- Returns: defines local functions; include it before first use
+--
+-- Index members name a token as '<kind>:<sha256>' with kind 'a' (access token) or
+-- 'r' (refresh token). Revoking deletes the record, removes the member from its cleanup
+-- set and leaves a blacklist marker 'auth:blacklist:<sha256>' until the token's natural
+-- expiry, so a revoked token never becomes valid again, even from a stale record copy.
+
+local KINDS = {
+  a = { record = 'access_token:', cleanup = 'auth_token_cleanup', stat = 'access_tokens_revoked' },
+  r = { record = 'refresh_token:', cleanup = 'auth_refresh_token_cleanup',
+        stat = 'refresh_tokens_revoked' },
+}
+
+local function hash_to_map(flat)
+  local map = {}
+  for i = 1, #flat, 2 do
+    map[flat[i]] = flat[i + 1]
+  end
+  return map
+end
+
+-- Revoke one token by index member; returns 1 if a live token was revoked.
+local function revoke_member(root, member)
+  local kind = KINDS[string.sub(member, 1, 1)]
+  if kind == nil then
+    return 0
+  end
+  local digest = string.sub(member, 3)
+  local key = root .. kind.record .. digest
+  local ttl = redis.call('TTL', key)
+  redis.call('ZREM', kind.cleanup, member)
+  if ttl <= 0 then
+    return 0
+  end
+  redis.call('DEL', key)
+  redis.call('SET', root .. 'blacklist:' .. digest, string.sub(member, 1, 1), 'EX', ttl)
+  redis.call('HINCRBY', 'auth_stats', kind.stat, 1)
+  return 1
+end
+
+-- Revoke every member of an index set and delete the set; returns the number revoked.
+local function revoke_index(root, index_key)
+  local revoked = 0
+  for _, member in ipairs(redis.call('SMEMBERS', index_key)) do
+    revoked = revoked + revoke_member(root, member)
+  end
+  redis.call('DEL', index_key)
+  return revoked
+end
+
+-- Add a token member to an index set whose lifetime must cover the token's.
+local function index_member(index_key, member, ttl)
+  redis.call('SADD', index_key, member)
+  if redis.call('TTL', index_key) < ttl then
+    redis.call('EXPIRE', index_key, ttl)
+  end
+end
+
+-- Store a token record (flat field list) and index it everywhere it must be findable:
+-- its client, its grant family, its subject and its session (the last three optional).
+local function store_token(root, kind, digest, fields, ttl, expires_at, client_id, family,
+                           subject, session)
+  local member = kind .. ':' .. digest
+  local key = root .. KINDS[kind].record .. digest
+  redis.call('HSET', key, unpack(fields))
+  redis.call('EXPIRE', key, ttl)
+  redis.call('ZADD', KINDS[kind].cleanup, expires_at, member)
+  index_member(root .. 'client_tokens:' .. client_id, member, ttl)
+  if family ~= '' then
+    index_member(root .. 'family:' .. family, member, ttl)
+  end
+  if subject ~= '' then
+    index_member(root .. 'subject_tokens:' .. subject, member, ttl)
+  end
+  if session ~= '' then
+    index_member(root .. 'session_tokens:' .. session, member, ttl)
+  end
+  redis.call('HINCRBY', 'auth_stats', kind == 'a' and 'access_tokens_issued'
+    or 'refresh_tokens_issued', 1)
+end

@@ -1,0 +1,85 @@
+-- redeem_code.lua: exchange an authorization code for tokens, exactly once.
+-- KEYS: [1] auth:client:{client_id}, [2] auth:code:{sha256(code)}
+-- ARGV: [1] client generation, [2] client_id, [3] redirect_uri, [4] BASE64URL(SHA256(
+--       code_verifier)) or '', [5] code_verifier or '', [6] now (Unix seconds),
+--       [7] access TTL, [8] refresh TTL (0: no refresh token), [9] access sha256,
+--       [10] refresh sha256, [11] access jti, [12] refresh jti, [13] audiences (space
+--       separated), [14] key root ('auth:')
+-- Returns: {'ok', scope, subject, session_id, family_id} or {error} with error one of
+--   'stale' (client changed: re-read, retry), 'invalid' (unknown, expired or bound to
+--   another client or redirect URI), 'reused' (second redemption: the grant is revoked),
+--   'pkce_required', 'pkce_mismatch', 'pkce_unexpected', 'session_ended'
+--
+-- "If an authorization code is used more than once, the authorization server MUST deny
+-- the request and SHOULD revoke (when possible) all tokens previously issued based on
+-- that authorization code" (RFC 6749 section 4.1.2). One script makes "check unused,
+-- mark used, issue" a single step, so 50 concurrent redemptions yield one success.
+-- include: _revoke.lua
+if redis.call('HGET', KEYS[1], 'gen') ~= ARGV[1] then
+  return { 'stale' }
+end
+local flat = redis.call('HGETALL', KEYS[2])
+if #flat == 0 then
+  return { 'invalid' }
+end
+local code = hash_to_map(flat)
+local root = ARGV[14]
+if code.c ~= ARGV[2] then
+  return { 'invalid' }
+end
+if code.st == 'redeemed' then
+  revoke_index(root, root .. 'family:' .. code.f)
+  redis.call('HINCRBY', 'auth_stats', 'authorization_code_reuse', 1)
+  return { 'reused' }
+end
+if code.r ~= ARGV[3] then
+  return { 'invalid' }
+end
+-- PKCE (RFC 7636 section 4.6; RFC 9700 section 2.1.1: a verifier without a challenge
+-- is refused, so an attacker cannot strip PKCE from a flow).
+local challenge = code.ch or ''
+if challenge ~= '' then
+  if ARGV[5] == '' then
+    return { 'pkce_required' }
+  end
+  local presented = ARGV[4]
+  if code.cm == 'plain' then
+    presented = ARGV[5]
+  end
+  if presented ~= challenge then
+    return { 'pkce_mismatch' }
+  end
+elseif ARGV[5] ~= '' then
+  return { 'pkce_unexpected' }
+end
+local session = code.n or ''
+if session ~= '' and redis.call('EXISTS', root .. 'session:' .. session) == 0 then
+  redis.call('HSET', KEYS[2], 'st', 'redeemed')
+  return { 'session_ended' }
+end
+redis.call('HSET', KEYS[2], 'st', 'redeemed')
+
+local now = tonumber(ARGV[6])
+local access_ttl, refresh_ttl = tonumber(ARGV[7]), tonumber(ARGV[8])
+local subject, family, scope = code.u or '', code.f, code.s or ''
+local common = { 'c', ARGV[2], 's', scope, 'i', ARGV[6], 'f', family }
+if subject ~= '' then
+  table.insert(common, 'u'); table.insert(common, subject)
+end
+if session ~= '' then
+  table.insert(common, 'n'); table.insert(common, session)
+end
+local access = { 'e', tostring(now + access_ttl), 'j', ARGV[11] }
+if ARGV[13] ~= '' then
+  table.insert(access, 'a'); table.insert(access, ARGV[13])
+end
+for _, v in ipairs(common) do table.insert(access, v) end
+store_token(root, 'a', ARGV[9], access, access_ttl, now + access_ttl, ARGV[2], family,
+  subject, session)
+if refresh_ttl > 0 then
+  local refresh = { 'e', tostring(now + refresh_ttl), 'j', ARGV[12], 'st', 'live' }
+  for _, v in ipairs(common) do table.insert(refresh, v) end
+  store_token(root, 'r', ARGV[10], refresh, refresh_ttl, now + refresh_ttl, ARGV[2], family,
+    subject, session)
+end
+return { 'ok', scope, subject, session, family }

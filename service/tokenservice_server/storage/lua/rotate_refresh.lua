@@ -1,0 +1,95 @@
+-- rotate_refresh.lua: use a refresh token once, replacing it and issuing an access token.
+-- KEYS: [1] auth:client:{client_id}, [2] auth:refresh_token:{sha256(presented token)}
+-- ARGV: [1] client generation, [2] client_id, [3] requested scope ('' = as granted),
+--       [4] now (Unix milliseconds), [5] reuse grace (milliseconds, 0 = none),
+--       [6] access TTL, [7] refresh TTL, [8] new access sha256, [9] new refresh sha256,
+--       [10] access jti, [11] refresh jti, [12] audiences (space separated),
+--       [13] key root ('auth:')
+-- Returns: {'ok', access scope, subject, session_id, family_id} or {error} with error one
+--   of 'stale' (client changed: re-read, retry), 'invalid' (unknown, expired, revoked or
+--   another client's), 'reused' (a rotated token came back: the family is revoked),
+--   'invalid_scope' (wider than the grant), 'session_ended'
+--
+-- Rotation on every use with reuse detection (RFC 9700 section 4.14.2): the presented
+-- token is marked rotated in the same step that issues its successor, so concurrent
+-- refreshes cannot both succeed, and a replayed rotated token revokes the whole family.
+-- Times are milliseconds, so "rotated just now" is exact, not rounded to seconds.
+-- A grace period lets a client whose response was lost retry once: the successor pair
+-- it never received is revoked and a fresh pair issued, so one family never has two
+-- live refresh tokens.
+-- include: _revoke.lua
+if redis.call('HGET', KEYS[1], 'gen') ~= ARGV[1] then
+  return { 'stale' }
+end
+local flat = redis.call('HGETALL', KEYS[2])
+if #flat == 0 then
+  return { 'invalid' }
+end
+local old = hash_to_map(flat)
+local root = ARGV[13]
+if old.c ~= ARGV[2] then
+  return { 'invalid' }
+end
+local family, subject, session = old.f or '', old.u or '', old.n or ''
+local now_ms = tonumber(ARGV[4])
+if old.st == 'rotated' then
+  local grace = tonumber(ARGV[5])
+  local rotated_at = tonumber(old.rt or '0')
+  if grace > 0 and now_ms - rotated_at <= grace and old.g ~= '1' then
+    revoke_member(root, 'a:' .. old.na)
+    revoke_member(root, 'r:' .. old.nr)
+    redis.call('HSET', KEYS[2], 'g', '1')
+  else
+    if family ~= '' then
+      revoke_index(root, root .. 'family:' .. family)
+    end
+    redis.call('HINCRBY', 'auth_stats', 'refresh_token_reuse', 1)
+    return { 'reused' }
+  end
+end
+if session ~= '' and redis.call('EXISTS', root .. 'session:' .. session) == 0 then
+  if family ~= '' then
+    revoke_index(root, root .. 'family:' .. family)
+  end
+  return { 'session_ended' }
+end
+-- RFC 6749 section 6: the new scope MUST NOT include any scope not originally granted.
+local granted = {}
+for token in string.gmatch(old.s or '', '%S+') do
+  granted[token] = true
+end
+local scope = old.s or ''
+if ARGV[3] ~= '' then
+  for token in string.gmatch(ARGV[3], '%S+') do
+    if not granted[token] then
+      return { 'invalid_scope' }
+    end
+  end
+  scope = ARGV[3]
+end
+
+redis.call('HSET', KEYS[2], 'st', 'rotated', 'rt', ARGV[4], 'na', ARGV[8], 'nr', ARGV[9])
+local now = math.floor(now_ms / 1000)
+local access_ttl, refresh_ttl = tonumber(ARGV[6]), tonumber(ARGV[7])
+local common = { 'c', ARGV[2], 'i', tostring(now), 'f', family }
+if subject ~= '' then
+  table.insert(common, 'u'); table.insert(common, subject)
+end
+if session ~= '' then
+  table.insert(common, 'n'); table.insert(common, session)
+end
+local access = { 'e', tostring(now + access_ttl), 'j', ARGV[10], 's', scope }
+if ARGV[12] ~= '' then
+  table.insert(access, 'a'); table.insert(access, ARGV[12])
+end
+for _, v in ipairs(common) do table.insert(access, v) end
+store_token(root, 'a', ARGV[8], access, access_ttl, now + access_ttl, ARGV[2], family,
+  subject, session)
+-- The refresh token keeps the originally granted scope, so a narrowed access token can
+-- later be widened again up to (never beyond) the original grant.
+local refresh = { 'e', tostring(now + refresh_ttl), 'j', ARGV[11], 's', old.s or '',
+  'st', 'live' }
+for _, v in ipairs(common) do table.insert(refresh, v) end
+store_token(root, 'r', ARGV[9], refresh, refresh_ttl, now + refresh_ttl, ARGV[2], family,
+  subject, session)
+return { 'ok', scope, subject, session, family }
