@@ -31,10 +31,13 @@ from tokenservice_server.config import (
 from tokenservice_server.logging import get_logger
 from tokenservice_server.metrics import MetricsServer, ServerMetrics
 from tokenservice_server.storage.connection import RedisConnections, open_redis
+from tokenservice_server.transport.cache_service import CacheServiceServicer
 from tokenservice_server.transport.caller_auth import CallerAuthInterceptor
 from tokenservice_server.transport.client_registry import ClientRegistryServicer
+from tokenservice_server.transport.ext_authz import AuthorizationServicer
 from tokenservice_server.transport.health import HealthMonitor
 from tokenservice_server.transport.interceptors import ObservabilityInterceptor
+from tokenservice_server.transport.token_rate_limit import TokenRateLimitInterceptor
 from tokenservice_server.transport.token_service import TokenServiceServicer
 from tokenservice_server.transport.unimplemented import service_handler
 from tokenservice_server.wiring import Components, bootstrap_embedded_admin, build_components
@@ -126,6 +129,10 @@ class Application:
             )
             components = build_components(settings, self._redis)
             self.components = components
+            # Closed before Redis (the stack unwinds in reverse): the last counts get written.
+            await self._stack.enter_async_context(
+                components.check_stats.running(settings.ext_authz.stats_flush_interval)
+            )
             if settings.redis.topology is RedisTopology.EMBEDDED:
                 credentials = await bootstrap_embedded_admin(components, settings)
                 _log.info(
@@ -137,13 +144,28 @@ class Application:
                 interceptors=[
                     ObservabilityInterceptor(self.metrics),
                     CallerAuthInterceptor(components.authenticator),
+                    TokenRateLimitInterceptor(components.token_throttle, self.metrics),
                 ],
                 options=_CHANNEL_OPTIONS,
                 maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
             )
             implementations: dict[str, object] = {
-                "tokenservice.v1.TokenService": TokenServiceServicer(components.client_credentials),
+                "tokenservice.v1.TokenService": TokenServiceServicer(
+                    components.client_credentials,
+                    components.authorization_code,
+                    components.refresh_token,
+                    components.introspector,
+                    components.revoker,
+                    components.sessions,
+                    components.tokens.statistics,
+                ),
                 "tokenservice.v1.ClientRegistry": ClientRegistryServicer(components.registry),
+                "tokenservice.v1.CacheService": CacheServiceServicer(
+                    components.cache, self.metrics
+                ),
+                "envoy.service.auth.v3.Authorization": AuthorizationServicer(
+                    components.access_checker, self.metrics, settings.ext_authz.headers_to_remove
+                ),
             }
             for service in SERVICES:
                 implementation = implementations.get(service.full_name)

@@ -8,6 +8,7 @@ double underscore (``TOKENSERVICE_REDIS__URL``). A YAML file (``--config`` or
 from __future__ import annotations
 
 import ipaddress
+import re
 from contextvars import ContextVar
 from enum import StrEnum
 from pathlib import Path
@@ -33,7 +34,10 @@ from pydantic_settings import (
 __all__ = [
     "ENV_PREFIX",
     "AuthSettings",
+    "CacheSettings",
     "ConfigError",
+    "ExtAuthzSettings",
+    "RateLimitSettings",
     "RedisSettings",
     "RedisTopology",
     "ServerTlsSettings",
@@ -182,6 +186,10 @@ class AuthSettings(_Strict):
         default=None, description="file holding the admin client's secret (init)"
     )
     client_cache_size: int = Field(default=10_000, ge=0, le=1_000_000)
+    allow_plain_pkce: bool = Field(default=False, description="accept PKCE method plain")
+    refresh_reuse_grace: float = Field(
+        default=0.0, ge=0, le=60, description="seconds a rotated refresh token may be reused once"
+    )
 
     @field_validator("secret_pepper")
     @classmethod
@@ -189,6 +197,90 @@ class AuthSettings(_Strict):
         if pepper is not None and len(pepper.get_secret_value()) < 32:
             raise ValueError("must be at least 32 characters")
         return pepper
+
+
+class RateLimitSettings(_Strict):
+    """Requests per ``period`` per bucket (SPEC section 4), counted exactly in Redis (GCRA).
+
+    0 means no limit. A client's registered ``rate_limit_per_minute`` replaces
+    ``per_client`` and ``token_per_client`` for that client.
+    """
+
+    period: int = Field(default=60, ge=1, le=86_400, description="seconds the limits span")
+    per_ip: int = Field(default=50, ge=0, le=10_000_000, description="Check, per source IP")
+    per_client: int = Field(default=1000, ge=0, le=10_000_000, description="Check, per client")
+    per_route: int = Field(
+        default=100, ge=0, le=10_000_000, description="Check, per client on a rate-limited route"
+    )
+    token_per_ip: int = Field(default=50, ge=0, le=10_000_000, description="IssueToken, per IP")
+    token_per_client: int = Field(
+        default=1000, ge=0, le=10_000_000, description="IssueToken, per client id"
+    )
+
+
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9a-z-]+$")
+
+
+class ExtAuthzSettings(_Strict):
+    """Envoy ext_authz Check (``envoy.service.auth.v3.Authorization``)."""
+
+    realm: str = Field(
+        default="tokenservice",
+        min_length=1,
+        max_length=128,
+        description="realm of the WWW-Authenticate challenge (RFC 6750 section 3)",
+    )
+    headers_to_remove: list[str] = Field(
+        default_factory=lambda: ["authorization"],
+        description="request headers Envoy drops before the upstream on an allowed request",
+    )
+    trust_x_forwarded_for: bool = Field(
+        default=False,
+        description="rate-limit by the first x-forwarded-for hop (only behind an edge proxy "
+        "that overwrites the header)",
+    )
+    stats_flush_interval: float = Field(
+        default=1.0, gt=0, le=300, description="seconds between writes of the check counters"
+    )
+
+    @field_validator("realm")
+    @classmethod
+    def _printable_realm(cls, realm: str) -> str:
+        if not realm.isprintable() or '"' in realm or "\\" in realm:
+            raise ValueError("printable characters other than '\"' and '\\'")
+        return realm
+
+    @field_validator("headers_to_remove")
+    @classmethod
+    def _header_names(cls, names: list[str]) -> list[str]:
+        lowered = [name.strip().lower() for name in names]
+        for name in lowered:
+            if not _HEADER_NAME.match(name) or name.startswith(":"):
+                raise ValueError(f"not an HTTP header name: {name!r}")
+        return lowered
+
+
+class CacheSettings(_Strict):
+    """CacheService bounds (SPEC section 3). A namespace's own entry cap, when it needs one,
+    is the ``{namespace}:max_entries`` field of the ``cache_config`` hash in the cache DB."""
+
+    default_ttl: int = Field(default=86_400, ge=1, description="seconds, when a write names none")
+    max_ttl: int = Field(default=2_592_000, ge=1, le=31_536_000, description="seconds")
+    # gRPC messages are capped at 16 MiB (app.py); a value must fit in one with room to spare.
+    max_value_bytes: int = Field(default=1_048_576, ge=1, le=8_388_608)
+    max_key_bytes: int = Field(default=512, ge=1, le=4096)
+    max_entries_per_namespace: int = Field(default=10_000, ge=1, le=10_000_000)
+    max_batch: int = Field(default=100, ge=1, le=1000, description="keys per batch call")
+    lease_ttl: int = Field(default=10, ge=1, description="fill-lease seconds (stampede guard)")
+    max_lease_ttl: int = Field(default=60, ge=1, le=3600, description="seconds")
+
+    @model_validator(mode="after")
+    def _defaults_within_bounds(self) -> Self:
+        if self.default_ttl > self.max_ttl:
+            raise ValueError("default_ttl must not exceed max_ttl")
+        if self.lease_ttl > self.max_lease_ttl:
+            raise ValueError("lease_ttl must not exceed max_lease_ttl")
+        return self
 
 
 class Settings(BaseSettings):
@@ -212,6 +304,9 @@ class Settings(BaseSettings):
     tls: ServerTlsSettings = ServerTlsSettings()
     redis: RedisSettings = RedisSettings()
     auth: AuthSettings = AuthSettings()
+    cache: CacheSettings = CacheSettings()
+    rate_limit: RateLimitSettings = RateLimitSettings()
+    ext_authz: ExtAuthzSettings = ExtAuthzSettings()
 
     @field_validator("listen", "metrics_listen")
     @classmethod

@@ -85,6 +85,31 @@ class ServerMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.check_results = Counter(
+            "tokenservice_check_total",
+            "Envoy ext_authz checks answered, by result (allowed or the denial's reason).",
+            ("result",),
+            registry=self.registry,
+        )
+        self.rate_limited = Counter(
+            "tokenservice_rate_limited_total",
+            "Requests refused by a rate limit, by the bucket that refused them.",
+            ("bucket",),
+            registry=self.registry,
+        )
+        self.cache_requests = Counter(
+            "tokenservice_cache_requests_total",
+            "CacheService key operations by namespace and result "
+            "(hit, miss, set, delete, invalidate); each key of a batch counts once.",
+            ("namespace", "result"),
+            registry=self.registry,
+        )
+        self.cache_evictions = Counter(
+            "tokenservice_cache_evictions_total",
+            "Cache entries evicted (least recently used) to keep a namespace within its cap.",
+            ("namespace",),
+            registry=self.registry,
+        )
         self.build_info = Gauge(
             "tokenservice_build_info",
             "Always 1; labels carry the running version.",

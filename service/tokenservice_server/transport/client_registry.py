@@ -128,8 +128,12 @@ class ClientRegistryServicer:
     ) -> pb.UpdateClientResponse:
         if not request.HasField("client"):
             raise InvalidRequest("client", "required")
+        requested = list(request.update_mask.paths)
+        if requested == ["*"]:
+            # AIP-134 full replacement: every updatable field ("*" must stand alone).
+            requested = list(_MASK_PATHS)
         paths = []
-        for path in request.update_mask.paths:
+        for path in requested:
             if path not in _MASK_PATHS:
                 raise InvalidRequest("update_mask", f"cannot update {path!r}")
             paths.append(_MASK_PATHS[path])

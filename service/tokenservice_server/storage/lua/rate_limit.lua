@@ -1,30 +1,34 @@
--- rate_limit.lua: count one request in a fixed window and say whether it is within the limit.
--- KEYS: [1] counter, auth:rate_limit:{scope}:{id}
--- ARGV: [1] window length in milliseconds (> 0), [2] requests allowed per window (>= 0)
--- Returns: {allowed (1 or 0), requests counted in this window, milliseconds until it resets}
+-- rate_limit.lua: admit one request against a client's bucket and further buckets (GCRA).
+-- KEYS: [1] auth:client:{id}, [2] auth:rate_limit:{scope}:{id}, [3..n] auth:rate_limit:...
+-- ARGV: [1] period of the limits in milliseconds, [2..n] requests per period of KEYS[2..n]
+-- Returns: {allowed (1 or 0), microseconds until a retry can be allowed, refusing KEYS index}
 --
--- Counting and setting the expiry happen in one atomic step, so a counter never exists
--- without a TTL (SPEC section 4: no key grows or lives without bound). Requests over the
--- limit are still counted: a client hammering the service stays limited for the window.
-local window = tonumber(ARGV[1])
-local limit = tonumber(ARGV[2])
-if window == nil or window <= 0 or window % 1 ~= 0 then
-  return redis.error_reply('ERR rate_limit: window must be a positive integer (ms)')
+-- KEYS[2] is the client's bucket; a 'rate_limit' field (requests per minute) in the
+-- client record KEYS[1] replaces its default limit ARGV[2]. Further buckets (e.g. the
+-- peer IP's) follow. A limit of 0 is unlimited. The refusing index is 0 when allowed.
+-- All or nothing: a request refused by one bucket consumes nothing from the others.
+-- include: _gcra.lua
+local period_ms = tonumber(ARGV[1])
+if period_ms == nil or period_ms <= 0 then
+  return redis.error_reply('ERR rate_limit: period must be a positive number (ms)')
 end
-if limit == nil or limit < 0 then
-  return redis.error_reply('ERR rate_limit: limit must be a non-negative number')
+local period_us = period_ms * 1000
+
+local client_limit = tonumber(ARGV[2]) or 0
+local override = tonumber(redis.call('HGET', KEYS[1], 'rate_limit'))
+local buckets = {}
+if override ~= nil and override > 0 then
+  buckets[1] = { KEYS[2], override, 60000000, 2 }
+else
+  buckets[1] = { KEYS[2], client_limit, period_us, 2 }
+end
+for index = 3, #KEYS do
+  buckets[#buckets + 1] = { KEYS[index], tonumber(ARGV[index]) or 0, period_us, index }
 end
 
-local count = redis.call('INCR', KEYS[1])
-local ttl = redis.call('PTTL', KEYS[1])
-if ttl < 0 then
-  -- First request of a window (or a counter that somehow lost its TTL): start the window.
-  redis.call('PEXPIRE', KEYS[1], window)
-  ttl = window
+local now = gcra_now()
+local admitted, wait, refused_by = gcra_admit(buckets, now)
+if admitted then
+  return { 1, 0, 0 }
 end
-
-local allowed = 0
-if count <= limit then
-  allowed = 1
-end
-return {allowed, count, ttl}
+return { 0, wait, refused_by }

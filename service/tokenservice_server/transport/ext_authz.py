@@ -1,0 +1,155 @@
+"""Envoy's external authorization API, ``envoy.service.auth.v3.Authorization/Check``.
+
+A thin adapter: CheckRequest -> :class:`AccessRequest`, one call to the domain's
+:class:`AccessChecker`, :class:`AccessDecision` -> CheckResponse. A denial is a normal
+CheckResponse whose ``denied_response`` is the HTTP answer Envoy returns as given (401 +
+``WWW-Authenticate``, 403, 429 + ``Retry-After``); only a broken authorizer (Redis
+unreachable) ends the RPC with an error status, which Envoy answers with its
+``status_on_error`` (or lets through under ``failure_mode_allow``).
+
+Envoy's deadline (``grpc-timeout``, 200 ms by default) is honoured by grpc.aio itself: at
+the deadline the handler is cancelled, and with it the Redis call and its retries.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import grpc
+import structlog
+from envoy.config.core.v3 import base_pb2
+from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2
+from google.protobuf import struct_pb2
+from google.rpc import code_pb2, status_pb2
+
+from tokenservice_server.domain.access_check import (
+    AccessChecker,
+    AccessDecision,
+    AccessRequest,
+    Outcome,
+    route_requirements,
+)
+from tokenservice_server.domain.scopes import format_scope
+from tokenservice_server.metrics import ServerMetrics
+
+__all__ = ["AuthorizationServicer"]
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+# Headers the upstream may trust: always set by us or removed, whatever the caller sent.
+CLIENT_ID_HEADER = "x-auth-client-id"
+SUBJECT_HEADER = "x-auth-subject"
+SCOPES_HEADER = "x-auth-scopes"
+
+_OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+
+_RPC_CODE = {
+    Outcome.ALLOWED: code_pb2.OK,
+    Outcome.MISSING_CREDENTIALS: code_pb2.UNAUTHENTICATED,
+    Outcome.INVALID_TOKEN: code_pb2.UNAUTHENTICATED,
+    Outcome.INSUFFICIENT_SCOPE: code_pb2.PERMISSION_DENIED,
+    Outcome.RATE_LIMITED: code_pb2.RESOURCE_EXHAUSTED,
+}
+
+
+def _headers(http: attribute_context_pb2.AttributeContext.HttpRequest) -> Mapping[str, str]:
+    """Request headers by lower-case name (``header_map`` when Envoy sends raw headers)."""
+    if http.headers or not http.header_map.headers:
+        headers: Mapping[str, str] = http.headers
+        return headers
+    return {
+        entry.key.lower(): entry.value or entry.raw_value.decode("utf-8", "replace")
+        for entry in http.header_map.headers
+    }
+
+
+def _header(name: str, value: str) -> base_pb2.HeaderValueOption:
+    return base_pb2.HeaderValueOption(
+        header=base_pb2.HeaderValue(key=name, value=value), append_action=_OVERWRITE
+    )
+
+
+def _metadata(decision: AccessDecision) -> struct_pb2.Struct:
+    """For Envoy's access log: ``%DYNAMIC_METADATA(envoy.filters.http.ext_authz:...)%``."""
+    fields: dict[str, str] = {"result": decision.outcome.value}
+    if decision.caller is not None:
+        fields["client_id"] = decision.caller.client_id
+        if decision.caller.subject:
+            fields["subject"] = decision.caller.subject
+    if decision.limited_by:
+        fields["rate_limited_by"] = decision.limited_by
+    metadata = struct_pb2.Struct()
+    metadata.update(fields)
+    return metadata
+
+
+class AuthorizationServicer:
+    def __init__(
+        self,
+        checker: AccessChecker,
+        metrics: ServerMetrics,
+        headers_to_remove: Sequence[str] = ("authorization",),
+    ) -> None:
+        self._checker = checker
+        self._metrics = metrics
+        self._headers_to_remove = tuple(name.lower() for name in headers_to_remove)
+        for outcome in Outcome:  # every result is exported from the start, at 0
+            metrics.check_results.labels(result=outcome.value)
+
+    async def Check(
+        self, request: external_auth_pb2.CheckRequest, context: Context
+    ) -> external_auth_pb2.CheckResponse:
+        attributes = request.attributes
+        headers = _headers(attributes.request.http)
+        access = AccessRequest(
+            authorization=headers.get("authorization"),
+            source_address=attributes.source.address.socket_address.address,
+            forwarded_for=headers.get("x-forwarded-for", ""),
+            route=route_requirements(attributes.context_extensions),
+        )
+        decision = await self._checker.check(access)
+        self._metrics.check_results.labels(result=decision.outcome.value).inc()
+        if decision.limited_by:
+            self._metrics.rate_limited.labels(bucket=decision.limited_by).inc()
+        caller = decision.caller
+        structlog.contextvars.bind_contextvars(
+            check_result=decision.outcome.value, client_id=caller.client_id if caller else None
+        )
+        return self._response(decision)
+
+    def _response(self, decision: AccessDecision) -> external_auth_pb2.CheckResponse:
+        response = external_auth_pb2.CheckResponse(
+            status=status_pb2.Status(code=_RPC_CODE[decision.outcome]),
+            dynamic_metadata=_metadata(decision),
+        )
+        if decision.caller is not None:
+            caller = decision.caller
+            identity = {
+                CLIENT_ID_HEADER: caller.client_id,
+                SUBJECT_HEADER: caller.subject,
+                SCOPES_HEADER: format_scope(caller.scopes),
+            }
+            ok = response.ok_response
+            ok.headers.extend(_header(name, value) for name, value in identity.items() if value)
+            # An empty value cannot overwrite (Envoy drops empty headers), so a header we
+            # have no value for is removed: a caller's spoofed copy never reaches upstream.
+            empty = [name for name, value in identity.items() if not value]
+            ok.headers_to_remove.extend([*self._headers_to_remove, *empty])
+            return response
+        denied = response.denied_response
+        denied.status.code = decision.http_status  # envoy.type.v3.StatusCode numbers
+        if decision.challenge:
+            denied.headers.append(_header("www-authenticate", decision.challenge))
+        if decision.outcome is Outcome.RATE_LIMITED:
+            denied.headers.append(_header("retry-after", str(decision.retry_after_seconds)))
+        body: dict[str, str] = {"error": decision.error.value if decision.error else ""}
+        if decision.outcome is Outcome.RATE_LIMITED:
+            body["error"] = "rate_limited"
+        if decision.description:
+            body["error_description"] = decision.description
+        if body["error"]:
+            denied.headers.append(_header("content-type", "application/json"))
+            denied.body = json.dumps(body, separators=(",", ":"))
+        return response

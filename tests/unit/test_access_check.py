@@ -1,0 +1,301 @@
+"""The Check decision (domain only, a fake store): what is answered without Redis, the
+RFC 6750 challenges, client IP resolution, route requirements and the counters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from tokenservice_server.domain.access_check import (
+    AccessChecker,
+    AccessRequest,
+    Outcome,
+    RouteRequirements,
+    client_ip,
+    route_requirements,
+)
+from tokenservice_server.domain.bearer_challenge import BearerError, bearer_challenge
+from tokenservice_server.domain.credentials import CredentialKind, digest, new_credential
+from tokenservice_server.domain.errors import InvalidRequest, RateLimited
+from tokenservice_server.domain.rate_limiting import (
+    ADMITTED,
+    Admission,
+    RateLimitPolicy,
+    TokenEndpointThrottle,
+)
+from tokenservice_server.domain.stats_buffer import StatsBuffer
+from tokenservice_server.domain.tokens import TokenRecord
+
+NOW = 1_800_000_000.0
+TOKEN = new_credential(CredentialKind.ACCESS_TOKEN)
+
+
+def _record(**changes: object) -> TokenRecord:
+    values: dict[str, object] = {
+        "digest": digest(TOKEN),
+        "client_id": "svc",
+        "scopes": frozenset({"orders:read"}),
+        "issued_at": int(NOW) - 10,
+        "expires_at": int(NOW) + 900,
+        "jti": "j",
+        "subject": "user-1",
+        "audiences": ("orders",),
+    }
+    values.update(changes)
+    return TokenRecord(**values)  # type: ignore[arg-type]
+
+
+@dataclass
+class FakeStore:
+    record: TokenRecord | None = None
+    admission: Admission = ADMITTED
+    calls: list[dict[str, object]] = field(default_factory=list)
+
+    async def resolve_and_admit(
+        self, token_digest: str, *, client_ip: str, route_key: str, policy: RateLimitPolicy
+    ) -> tuple[TokenRecord | None, Admission]:
+        self.calls.append({"digest": token_digest, "ip": client_ip, "route": route_key})
+        return self.record, self.admission
+
+
+@dataclass
+class FakeSink:
+    written: list[dict[str, int]] = field(default_factory=list)
+    fail: bool = False
+
+    async def increment(self, counts: dict[str, int]) -> None:
+        if self.fail:
+            raise ConnectionError("redis away")
+        self.written.append(counts)
+
+
+def _checker(store: FakeStore, stats: StatsBuffer | None = None, **options: bool) -> AccessChecker:
+    return AccessChecker(
+        store,
+        RateLimitPolicy(),
+        stats or StatsBuffer(FakeSink()),
+        lambda: NOW,
+        realm="orders",
+        **options,
+    )
+
+
+@pytest.mark.parametrize("authorization", [None, "", "Basic dXNlcjpwYXNz", "Token abc"])
+async def test_no_bearer_credentials_get_a_bare_challenge_without_a_lookup(
+    authorization: str | None,
+) -> None:
+    store = FakeStore(record=_record())
+
+    decision = await _checker(store).check(AccessRequest(authorization))
+
+    assert decision.outcome is Outcome.MISSING_CREDENTIALS
+    assert (decision.http_status, decision.challenge) == (401, 'Bearer realm="orders"')
+    assert store.calls == []
+
+
+@pytest.mark.parametrize("token", ["", "tsat_short", TOKEN[:-1] + "0", "tsrt" + TOKEN[4:]])
+async def test_malformed_tokens_are_refused_by_checksum_alone(token: str) -> None:
+    store = FakeStore(record=_record())
+
+    decision = await _checker(store).check(AccessRequest(f"Bearer {token}"))
+
+    assert decision.outcome is Outcome.INVALID_TOKEN
+    assert decision.error is BearerError.INVALID_TOKEN
+    assert store.calls == []
+
+
+@pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER", "bEaReR"])
+async def test_the_scheme_is_case_insensitive(scheme: str) -> None:
+    store = FakeStore(record=_record())
+
+    decision = await _checker(store).check(AccessRequest(f"  {scheme}  {TOKEN} "))
+
+    assert decision.allowed
+    assert decision.caller is not None
+    assert (decision.caller.client_id, decision.caller.subject) == ("svc", "user-1")
+    assert store.calls == [{"digest": digest(TOKEN), "ip": "", "route": ""}]
+
+
+@pytest.mark.parametrize(
+    ("record", "route", "outcome", "status"),
+    [
+        (None, RouteRequirements(), Outcome.INVALID_TOKEN, 401),
+        (_record(expires_at=int(NOW)), RouteRequirements(), Outcome.INVALID_TOKEN, 401),
+        (_record(), RouteRequirements(audience="billing"), Outcome.INVALID_TOKEN, 401),
+        (_record(), RouteRequirements(audience="orders"), Outcome.ALLOWED, 200),
+        (
+            _record(),
+            RouteRequirements(scopes=frozenset({"orders:read", "orders:write"})),
+            Outcome.INSUFFICIENT_SCOPE,
+            403,
+        ),
+        (_record(), RouteRequirements(scopes=frozenset({"orders:read"})), Outcome.ALLOWED, 200),
+    ],
+)
+async def test_token_and_route_decide(
+    record: TokenRecord | None, route: RouteRequirements, outcome: Outcome, status: int
+) -> None:
+    decision = await _checker(FakeStore(record=record)).check(
+        AccessRequest(f"Bearer {TOKEN}", route=route)
+    )
+
+    assert (decision.outcome, decision.http_status) == (outcome, status)
+
+
+async def test_insufficient_scope_names_the_required_scopes() -> None:
+    route = RouteRequirements(scopes=frozenset({"orders:write", "orders:read"}))
+
+    decision = await _checker(FakeStore(record=_record())).check(
+        AccessRequest(f"Bearer {TOKEN}", route=route)
+    )
+
+    assert decision.challenge == (
+        'Bearer realm="orders", error="insufficient_scope", '
+        'error_description="the access token lacks a required scope", '
+        'scope="orders:read orders:write"'
+    )
+
+
+async def test_rate_limited_requests_say_when_to_retry() -> None:
+    store = FakeStore(
+        record=_record(), admission=Admission(False, retry_after=11.2, limited_by="client")
+    )
+
+    decision = await _checker(store).check(AccessRequest(f"Bearer {TOKEN}"))
+
+    assert (decision.outcome, decision.http_status) == (Outcome.RATE_LIMITED, 429)
+    assert (decision.retry_after_seconds, decision.limited_by) == (12, "client")
+
+
+async def test_every_check_is_counted() -> None:
+    sink = FakeSink()
+    stats = StatsBuffer(sink)
+    checker = _checker(FakeStore(record=_record()), stats)
+    for authorization in (f"Bearer {TOKEN}", None, "Bearer x", f"Bearer {TOKEN}"):
+        await checker.check(AccessRequest(authorization))
+
+    await stats.flush()
+
+    assert sink.written == [{"checks_allowed": 2, "checks_denied": 2}]
+
+
+async def test_counts_survive_a_failed_flush() -> None:
+    sink = FakeSink(fail=True)
+    stats = StatsBuffer(sink)
+    stats.add("checks_denied", 3)
+
+    with pytest.raises(ConnectionError):
+        await stats.flush()
+    stats.add("checks_denied")
+    sink.fail = False
+    await stats.flush()
+
+    assert sink.written == [{"checks_denied": 4}]
+
+
+@pytest.mark.parametrize(
+    ("source", "forwarded", "trusted", "expected"),
+    [
+        ("10.0.0.1", "", False, "10.0.0.1"),
+        ("10.0.0.1", "203.0.113.9, 10.0.0.1", False, "10.0.0.1"),
+        ("10.0.0.1", "203.0.113.9, 10.0.0.1", True, "203.0.113.9"),
+        ("10.0.0.1", " 2001:DB8:0::1 ", True, "2001:db8::1"),
+        ("10.0.0.1", "unknown, 203.0.113.9", True, "10.0.0.1"),  # first hop unusable
+        ("", "", False, ""),
+        ("not-an-ip", "", False, ""),
+    ],
+)
+def test_client_ip(source: str, forwarded: str, trusted: bool, expected: str) -> None:
+    assert client_ip(source, forwarded, trust_forwarded_for=trusted) == expected
+
+
+async def test_the_resolved_ip_and_route_key_reach_the_store() -> None:
+    store = FakeStore(record=_record())
+    checker = _checker(store, trust_forwarded_for=True)
+
+    await checker.check(
+        AccessRequest(
+            f"Bearer {TOKEN}",
+            source_address="10.0.0.1",
+            forwarded_for="198.51.100.4",
+            route=RouteRequirements(rate_limit_key="orders-write"),
+        )
+    )
+
+    assert store.calls == [{"digest": digest(TOKEN), "ip": "198.51.100.4", "route": "orders-write"}]
+
+
+def test_route_requirements_from_context_extensions() -> None:
+    route = route_requirements(
+        {"required_scopes": " orders:read  orders:write ", "audience": "orders", "other": "x"}
+    )
+
+    assert route == RouteRequirements(
+        scopes=frozenset({"orders:read", "orders:write"}), audience="orders"
+    )
+    assert route_requirements({}) == RouteRequirements()
+    with pytest.raises(InvalidRequest, match="rate_limit_key"):
+        route_requirements({"rate_limit_key": "has space"})
+
+
+@pytest.mark.parametrize(
+    ("arguments", "expected"),
+    [
+        (("api",), 'Bearer realm="api"'),
+        (('say "hi" \\',), 'Bearer realm="say \\"hi\\" \\\\"'),
+        (
+            ("api", BearerError.INVALID_TOKEN),
+            'Bearer realm="api", error="invalid_token"',
+        ),
+    ],
+)
+def test_bearer_challenge_quotes_the_realm(arguments: tuple[object, ...], expected: str) -> None:
+    assert bearer_challenge(*arguments) == expected  # type: ignore[arg-type]
+
+
+def test_bearer_challenge_attributes_keep_to_the_rfc_character_set() -> None:
+    challenge = bearer_challenge(
+        "api",
+        BearerError.INSUFFICIENT_SCOPE,
+        description='bad "quote"\\ and\nnewline',
+        scope={'a"b', "c"},
+    )
+
+    # No quote, backslash or control character may appear (RFC 6750 section 3).
+    assert challenge == (
+        'Bearer realm="api", error="insufficient_scope", '
+        'error_description="bad quote andnewline", scope="ab c"'
+    )
+
+
+@dataclass
+class FakeLimiter:
+    admission: Admission = ADMITTED
+    calls: list[tuple[str, str]] = field(default_factory=list)
+
+    async def admit_token_request(
+        self, client_id: str, client_ip: str, policy: RateLimitPolicy
+    ) -> Admission:
+        self.calls.append((client_id, client_ip))
+        return self.admission
+
+
+async def test_token_throttle_raises_rate_limited_with_the_bucket() -> None:
+    limiter = FakeLimiter(Admission(False, retry_after=2.5, limited_by="issue_ip"))
+
+    with pytest.raises(RateLimited) as refused:
+        await TokenEndpointThrottle(limiter, RateLimitPolicy()).admit("svc", "10.0.0.1")
+
+    assert (refused.value.retry_after, refused.value.metadata) == (2.5, {"bucket": "issue_ip"})
+
+
+async def test_token_throttle_counts_unregistrable_ids_by_ip_only() -> None:
+    limiter = FakeLimiter()
+    throttle = TokenEndpointThrottle(limiter, RateLimitPolicy())
+
+    await throttle.admit("svc-1", "10.0.0.1")
+    await throttle.admit("no spaces allowed", "10.0.0.1")
+    await throttle.admit("x" * 129, "10.0.0.1")
+
+    assert limiter.calls == [("svc-1", "10.0.0.1"), ("", "10.0.0.1"), ("", "10.0.0.1")]
