@@ -34,6 +34,7 @@ from tokenservice_server.domain.grants.client_credentials import (
     TokenLifetimes,
     resolve_scope,
 )
+from tokenservice_server.domain.grants.issuance import plan_token_pair
 from tokenservice_server.domain.pkce import (
     ChallengeMethod,
     s256,
@@ -41,7 +42,6 @@ from tokenservice_server.domain.pkce import (
     validate_verifier,
 )
 from tokenservice_server.domain.ports import GrantStore
-from tokenservice_server.domain.scopes import parse_scope
 from tokenservice_server.domain.tokens import AuthorizationCode
 
 __all__ = ["AuthorizationCodeGrant", "AuthorizeRequest", "IssuedCode", "redirect_uri_matches"]
@@ -190,11 +190,8 @@ class AuthorizationCodeGrant:
             client = authenticate_client(record, client_secret, self._hasher, now)
             if GrantType.AUTHORIZATION_CODE not in client.spec.grant_types:
                 raise UnauthorizedClient("this client may not use the authorization_code grant")
-            access_ttl = client.spec.access_token_ttl or self._lifetimes.access_token
-            refresh_ttl = client.spec.refresh_token_ttl or self._lifetimes.refresh_token
             wants_refresh = GrantType.REFRESH_TOKEN in client.spec.grant_types
-            access = new_credential(CredentialKind.ACCESS_TOKEN)
-            refresh = new_credential(CredentialKind.REFRESH_TOKEN) if wants_refresh else ""
+            pair = plan_token_pair(client, self._lifetimes, refresh=wants_refresh)
             result = await self._grants.redeem_code(
                 digest(code),
                 client_id=client.client_id,
@@ -203,22 +200,14 @@ class AuthorizationCodeGrant:
                 verifier_s256=s256(code_verifier) if code_verifier else "",
                 verifier=code_verifier,
                 now=int(now),
-                access=(digest(access), secrets.token_hex(8), access_ttl),
-                refresh=(digest(refresh), secrets.token_hex(8), refresh_ttl) if refresh else None,
+                access=pair.access,
+                refresh=pair.refresh,
                 audiences=client.spec.audiences,
             )
             if result.status == "stale":
                 return STALE
             if result.status != "ok":
                 raise InvalidGrant(_FAILURES.get(result.status, "invalid grant"), field="code")
-            return IssuedTokens(
-                access_token=access,
-                expires_in=access_ttl,
-                scopes=parse_scope(result.scope),
-                refresh_token=refresh,
-                refresh_expires_in=refresh_ttl if refresh else 0,
-                family_id=result.family_id,
-                session_id=result.session_id,
-            )
+            return pair.issued(result)
 
         return await with_current_client(self._directory, client_id, attempt)

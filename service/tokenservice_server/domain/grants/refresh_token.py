@@ -9,7 +9,6 @@ binds the token to them (RFC 9700 section 4.14.2).
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Callable
 
 from tokenservice_server.domain.authentication import authenticate_client
@@ -21,10 +20,10 @@ from tokenservice_server.domain.credentials import (
     SecretHasher,
     digest,
     is_well_formed,
-    new_credential,
 )
 from tokenservice_server.domain.errors import InvalidGrant, InvalidRequest, InvalidScope
 from tokenservice_server.domain.grants.client_credentials import IssuedTokens, TokenLifetimes
+from tokenservice_server.domain.grants.issuance import plan_token_pair
 from tokenservice_server.domain.ports import GrantStore
 from tokenservice_server.domain.scopes import format_scope, parse_scope
 
@@ -69,10 +68,8 @@ class RefreshTokenGrant:
             client = authenticate_client(record, client_secret, self._hasher, now)
             if GrantType.REFRESH_TOKEN not in client.spec.grant_types:
                 raise InvalidGrant("this client may not use the refresh_token grant")
-            access_ttl = client.spec.access_token_ttl or self._lifetimes.access_token
-            refresh_ttl = client.spec.refresh_token_ttl or self._lifetimes.refresh_token
-            access = new_credential(CredentialKind.ACCESS_TOKEN)
-            refresh = new_credential(CredentialKind.REFRESH_TOKEN)
+            pair = plan_token_pair(client, self._lifetimes, refresh=True)
+            assert pair.refresh is not None
             result = await self._grants.rotate_refresh(
                 digest(refresh_token),
                 client_id=client.client_id,
@@ -80,8 +77,8 @@ class RefreshTokenGrant:
                 scope=format_scope(requested),
                 now_ms=round(now * 1000),
                 grace_ms=self._grace_ms,
-                access=(digest(access), secrets.token_hex(8), access_ttl),
-                refresh=(digest(refresh), secrets.token_hex(8), refresh_ttl),
+                access=pair.access,
+                refresh=pair.refresh,
                 audiences=client.spec.audiences,
             )
             if result.status == "stale":
@@ -92,14 +89,6 @@ class RefreshTokenGrant:
                 raise InvalidGrant(
                     _FAILURES.get(result.status, "invalid grant"), field="refresh_token"
                 )
-            return IssuedTokens(
-                access_token=access,
-                expires_in=access_ttl,
-                scopes=parse_scope(result.scope),
-                refresh_token=refresh,
-                refresh_expires_in=refresh_ttl,
-                family_id=result.family_id,
-                session_id=result.session_id,
-            )
+            return pair.issued(result)
 
         return await with_current_client(self._directory, client_id, attempt)

@@ -3,7 +3,7 @@
 --       [3] auth:clients, [4] auth_stats
 -- ARGV: [1] client_id, [2] key root ('auth:')
 -- Returns: number of tokens revoked, or -1 when the client does not exist
--- include: _revoke.lua
+-- include: _tokens.lua
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return -1
 end

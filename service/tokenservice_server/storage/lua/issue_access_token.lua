@@ -9,7 +9,7 @@
 -- Checking the generation here makes a secret rotation, scope change or deletion
 -- effective for the very next request on every server, with no extra round trip.
 -- (client_credentials tokens have no family, subject or session, so only the client
--- index applies; see _revoke.lua store_token for the general case.)
+-- index applies; see _tokens.lua store_token for the general case.)
 if redis.call('HGET', KEYS[1], 'gen') ~= ARGV[1] then
   return 0
 end

@@ -14,7 +14,7 @@
 -- the request and SHOULD revoke (when possible) all tokens previously issued based on
 -- that authorization code" (RFC 6749 section 4.1.2). One script makes "check unused,
 -- mark used, issue" a single step, so 50 concurrent redemptions yield one success.
--- include: _revoke.lua
+-- include: _tokens.lua
 if redis.call('HGET', KEYS[1], 'gen') ~= ARGV[1] then
   return { 'stale' }
 end
@@ -60,26 +60,7 @@ end
 redis.call('HSET', KEYS[2], 'st', 'redeemed')
 
 local now = tonumber(ARGV[6])
-local access_ttl, refresh_ttl = tonumber(ARGV[7]), tonumber(ARGV[8])
-local subject, family, scope = code.u or '', code.f, code.s or ''
-local common = { 'c', ARGV[2], 's', scope, 'i', ARGV[6], 'f', family }
-if subject ~= '' then
-  table.insert(common, 'u'); table.insert(common, subject)
-end
-if session ~= '' then
-  table.insert(common, 'n'); table.insert(common, session)
-end
-local access = { 'e', tostring(now + access_ttl), 'j', ARGV[11] }
-if ARGV[13] ~= '' then
-  table.insert(access, 'a'); table.insert(access, ARGV[13])
-end
-for _, v in ipairs(common) do table.insert(access, v) end
-store_token(root, 'a', ARGV[9], access, access_ttl, now + access_ttl, ARGV[2], family,
-  subject, session)
-if refresh_ttl > 0 then
-  local refresh = { 'e', tostring(now + refresh_ttl), 'j', ARGV[12], 'st', 'live' }
-  for _, v in ipairs(common) do table.insert(refresh, v) end
-  store_token(root, 'r', ARGV[10], refresh, refresh_ttl, now + refresh_ttl, ARGV[2], family,
-    subject, session)
-end
-return { 'ok', scope, subject, session, family }
+store_pair(root, ARGV[2], now, code.f, code.u or '', session, ARGV[13],
+  { ARGV[9], ARGV[11], tonumber(ARGV[7]), code.s or '' },
+  { ARGV[10], ARGV[12], tonumber(ARGV[8]), code.s or '' })
+return { 'ok', code.s or '', code.u or '', session, code.f }

@@ -4,7 +4,7 @@
 --       hash when a session ends), [3] auth_session_cleanup
 -- ARGV: [1] key root ('auth:'), [2] member to remove from KEYS[3] ('' for none)
 -- Returns: number of live tokens revoked, or -1 when KEYS[2] was named but did not exist
--- include: _revoke.lua
+-- include: _tokens.lua
 local existed = 1
 if KEYS[2] ~= '' then
   existed = redis.call('DEL', KEYS[2])

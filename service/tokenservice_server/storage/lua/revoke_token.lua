@@ -8,7 +8,7 @@
 -- Revoking a refresh token revokes its whole grant family, including the access tokens
 -- issued from it (RFC 7009 section 2.1: "SHOULD also invalidate all access tokens based
 -- on the same authorization grant").
--- include: _revoke.lua
+-- include: _tokens.lua
 local owner = redis.call('HGET', KEYS[1], 'c')
 if not owner or owner ~= ARGV[1] then
   return 0

@@ -17,7 +17,7 @@
 -- A grace period lets a client whose response was lost retry once: the successor pair
 -- it never received is revoked and a fresh pair issued, so one family never has two
 -- live refresh tokens.
--- include: _revoke.lua
+-- include: _tokens.lua
 if redis.call('HGET', KEYS[1], 'gen') ~= ARGV[1] then
   return { 'stale' }
 end
@@ -69,27 +69,9 @@ if ARGV[3] ~= '' then
 end
 
 redis.call('HSET', KEYS[2], 'st', 'rotated', 'rt', ARGV[4], 'na', ARGV[8], 'nr', ARGV[9])
-local now = math.floor(now_ms / 1000)
-local access_ttl, refresh_ttl = tonumber(ARGV[6]), tonumber(ARGV[7])
-local common = { 'c', ARGV[2], 'i', tostring(now), 'f', family }
-if subject ~= '' then
-  table.insert(common, 'u'); table.insert(common, subject)
-end
-if session ~= '' then
-  table.insert(common, 'n'); table.insert(common, session)
-end
-local access = { 'e', tostring(now + access_ttl), 'j', ARGV[10], 's', scope }
-if ARGV[12] ~= '' then
-  table.insert(access, 'a'); table.insert(access, ARGV[12])
-end
-for _, v in ipairs(common) do table.insert(access, v) end
-store_token(root, 'a', ARGV[8], access, access_ttl, now + access_ttl, ARGV[2], family,
-  subject, session)
 -- The refresh token keeps the originally granted scope, so a narrowed access token can
 -- later be widened again up to (never beyond) the original grant.
-local refresh = { 'e', tostring(now + refresh_ttl), 'j', ARGV[11], 's', old.s or '',
-  'st', 'live' }
-for _, v in ipairs(common) do table.insert(refresh, v) end
-store_token(root, 'r', ARGV[9], refresh, refresh_ttl, now + refresh_ttl, ARGV[2], family,
-  subject, session)
+store_pair(root, ARGV[2], math.floor(now_ms / 1000), family, subject, session, ARGV[12],
+  { ARGV[8], ARGV[10], tonumber(ARGV[6]), scope },
+  { ARGV[9], ARGV[11], tonumber(ARGV[7]), old.s or '' })
 return { 'ok', scope, subject, session, family }

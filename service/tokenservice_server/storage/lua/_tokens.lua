@@ -1,4 +1,4 @@
--- _revoke.lua: library of token revocation and issuing steps, included by other scripts.
+-- _tokens.lua: library of token issuing and revocation steps, included by other scripts.
 -- KEYS: none of its own (key names derive from the 'auth:' root passed by the caller)
 -- ARGV: none of its own
 -- Returns: defines local functions; include it before first use
@@ -80,4 +80,36 @@ local function store_token(root, kind, digest, fields, ttl, expires_at, client_i
   end
   redis.call('HINCRBY', 'auth_stats', kind == 'a' and 'access_tokens_issued'
     or 'refresh_tokens_issued', 1)
+end
+
+-- Fields every token of a grant carries: client, issue time, family, subject, session.
+local function grant_fields(client_id, issued_at, family, subject, session)
+  local fields = { 'c', client_id, 'i', tostring(issued_at), 'f', family }
+  if subject ~= '' then
+    table.insert(fields, 'u'); table.insert(fields, subject)
+  end
+  if session ~= '' then
+    table.insert(fields, 'n'); table.insert(fields, session)
+  end
+  return fields
+end
+
+-- Store the access token and (when refresh_ttl > 0) the refresh token of one grant step.
+-- access/refresh: { sha256, jti, ttl, scope }; audiences: space separated or ''.
+local function store_pair(root, client_id, now, family, subject, session, audiences, access,
+                          refresh)
+  local common = grant_fields(client_id, now, family, subject, session)
+  local fields = { 'e', tostring(now + access[3]), 'j', access[2], 's', access[4] }
+  if audiences ~= '' then
+    table.insert(fields, 'a'); table.insert(fields, audiences)
+  end
+  for _, v in ipairs(common) do table.insert(fields, v) end
+  store_token(root, 'a', access[1], fields, access[3], now + access[3], client_id, family,
+    subject, session)
+  if refresh[3] > 0 then
+    fields = { 'e', tostring(now + refresh[3]), 'j', refresh[2], 's', refresh[4], 'st', 'live' }
+    for _, v in ipairs(common) do table.insert(fields, v) end
+    store_token(root, 'r', refresh[1], fields, refresh[3], now + refresh[3], client_id, family,
+      subject, session)
+  end
 end
