@@ -14,11 +14,21 @@ from tokenservice_server.domain.client_directory import ClientDirectory
 from tokenservice_server.domain.clients import ClientRecord
 from tokenservice_server.domain.errors import BackendUnavailable, DomainError
 
-__all__ = ["STALE", "with_current_client"]
+__all__ = ["STALE", "Settled", "with_current_client"]
 
 T = TypeVar("T")
 STALE = None  # what an attempt returns when the stored client generation differed
 _ATTEMPTS = 3
+
+
+class Settled(Exception):
+    """A failure that storage decided against the current client record (its generation
+    check passed): final, raised as is. Deciding again would only repeat the step's side
+    effects, e.g. count one reuse of a code or refresh token twice."""
+
+    def __init__(self, error: DomainError) -> None:
+        super().__init__(error.message)
+        self.error = error
 
 
 async def with_current_client(
@@ -32,6 +42,8 @@ async def with_current_client(
         record = await directory.get(client_id, fresh=fresh)
         try:
             result = await attempt(record)
+        except Settled as settled:
+            raise settled.error from None
         except DomainError:
             if not cached:
                 raise

@@ -7,9 +7,11 @@ client never silently overwrite each other's change.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
+import random
 import secrets
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
@@ -25,6 +27,7 @@ from tokenservice_server.domain.clients import (
 )
 from tokenservice_server.domain.credentials import CredentialKind, SecretHasher, new_credential
 from tokenservice_server.domain.errors import (
+    Aborted,
     AlreadyExists,
     FailedPrecondition,
     InvalidRequest,
@@ -156,14 +159,17 @@ class ClientRegistryService:
     async def _replace(
         self, client_id: str, change: Callable[[ClientRecord], ClientRecord]
     ) -> ClientRecord:
-        for _ in range(_UPDATE_ATTEMPTS):
+        for attempt in range(_UPDATE_ATTEMPTS):
+            if attempt:
+                # Jittered backoff spreads out writers that keep colliding on one record.
+                await asyncio.sleep(random.uniform(0, 0.005 * 2**attempt))  # noqa: S311
             current = await self._load(client_id, field="client.client_id")
             updated = change(current)
             updated = replace(updated, generation=current.generation + 1)
             if await self._store.replace(updated, current.generation):
                 self._directory.forget(client_id)
                 return updated
-        raise FailedPrecondition(f"client {client_id!r} is being changed concurrently; retry")
+        raise Aborted(f"client {client_id!r} is being changed concurrently; retry")
 
     async def update(self, client_id: str, spec: ClientSpec, paths: Collection[str]) -> Client:
         if not paths:

@@ -7,6 +7,7 @@ fragment, compared by exact string match; plain http only for loopback hosts
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -37,7 +38,6 @@ MAX_AUDIENCE_LENGTH = 256
 MAX_ACCESS_TTL = 86_400
 MAX_REFRESH_TTL = 31_536_000
 MAX_RATE_LIMIT = 1_000_000
-_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 
 
 class ClientType(StrEnum):
@@ -104,7 +104,14 @@ def validate_client_id(client_id: str, *, field: str = "client_id") -> str:
 
 
 def is_loopback_host(host: str) -> bool:
-    return host.lower() in _LOOPBACK_HOSTS or host.startswith("127.")
+    """``localhost`` or a loopback IP literal (127.0.0.0/8, ::1); never a DNS name such
+    as ``127.attacker.example``, which may resolve anywhere."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _validate_redirect_uri(uri: str, field: str) -> None:

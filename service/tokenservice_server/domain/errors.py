@@ -7,6 +7,7 @@ their prefix. Only the transport layer turns these into gRPC statuses.
 from __future__ import annotations
 
 __all__ = [
+    "Aborted",
     "AlreadyExists",
     "BackendUnavailable",
     "DomainError",
@@ -110,6 +111,12 @@ class InvalidToken(DomainError):
 
 class FailedPrecondition(DomainError):
     reason = "FAILED_PRECONDITION"
+
+
+class Aborted(DomainError):
+    """A concurrent change to the same resource won; the caller may retry."""
+
+    reason = "ABORTED"
 
 
 class RateLimited(DomainError):

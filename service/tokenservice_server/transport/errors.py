@@ -35,6 +35,7 @@ STATUS_FOR_REASON: dict[str, grpc.StatusCode] = {
     "NAMESPACE_FULL": grpc.StatusCode.RESOURCE_EXHAUSTED,
     "BACKEND_UNAVAILABLE": grpc.StatusCode.UNAVAILABLE,
     "FAILED_PRECONDITION": grpc.StatusCode.FAILED_PRECONDITION,
+    "ABORTED": grpc.StatusCode.ABORTED,
 }
 
 

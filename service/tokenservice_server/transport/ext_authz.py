@@ -113,10 +113,9 @@ class AuthorizationServicer:
         self._metrics.check_results.labels(result=decision.outcome.value).inc()
         if decision.limited_by:
             self._metrics.rate_limited.labels(bucket=decision.limited_by).inc()
-        caller = decision.caller
-        structlog.contextvars.bind_contextvars(
-            check_result=decision.outcome.value, client_id=caller.client_id if caller else None
-        )
+        structlog.contextvars.bind_contextvars(check_result=decision.outcome.value)
+        if decision.caller is not None:
+            structlog.contextvars.bind_contextvars(client_id=decision.caller.client_id)
         return self._response(decision)
 
     def _response(self, decision: AccessDecision) -> external_auth_pb2.CheckResponse:

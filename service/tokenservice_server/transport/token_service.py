@@ -179,6 +179,7 @@ class TokenServiceServicer:
             active=True,
             scope=format_scope(record.scopes),
             client_id=record.client_id,
+            username=record.subject,
             token_type="Bearer" if record.kind is TokenKind.ACCESS else "",
             token_kind=_KINDS[record.kind],
             exp=record.expires_at,

@@ -33,6 +33,7 @@ the one the RFC prescribes, not necessarily the usual mapping of the gRPC code:
   PERMISSION_DENIED       insufficient_scope      PERMISSION_DENIED    403
   RATE_LIMITED            -                       RESOURCE_EXHAUSTED   429
   BACKEND_UNAVAILABLE     temporarily_unavailable UNAVAILABLE          503
+  ABORTED                 -                       ABORTED              409
   all other reasons       -                       see each value       -
 
 The ErrorReason enum is never sent on the wire as a field; it exists so that the
@@ -94,6 +95,8 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """Redis is unreachable or failing over; safe to retry with backoff; UNAVAILABLE."""
     ERROR_REASON_FAILED_PRECONDITION: _ErrorReason.ValueType  # 17
     """The request is valid but the resource's state forbids it (e.g. rotating the secret of a public client); FAILED_PRECONDITION."""
+    ERROR_REASON_ABORTED: _ErrorReason.ValueType  # 18
+    """A concurrent change to the same resource won; re-read and retry the request; ABORTED."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Machine-readable reason of a failed RPC (google.rpc.ErrorInfo.reason without the prefix)."""
@@ -134,4 +137,6 @@ ERROR_REASON_BACKEND_UNAVAILABLE: ErrorReason.ValueType  # 16
 """Redis is unreachable or failing over; safe to retry with backoff; UNAVAILABLE."""
 ERROR_REASON_FAILED_PRECONDITION: ErrorReason.ValueType  # 17
 """The request is valid but the resource's state forbids it (e.g. rotating the secret of a public client); FAILED_PRECONDITION."""
+ERROR_REASON_ABORTED: ErrorReason.ValueType  # 18
+"""A concurrent change to the same resource won; re-read and retry the request; ABORTED."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

@@ -33,6 +33,7 @@ the one the RFC prescribes, not necessarily the usual mapping of the gRPC code:
   PERMISSION_DENIED       insufficient_scope      PERMISSION_DENIED    403
   RATE_LIMITED            -                       RESOURCE_EXHAUSTED   429
   BACKEND_UNAVAILABLE     temporarily_unavailable UNAVAILABLE          503
+  ABORTED                 -                       ABORTED              409
   all other reasons       -                       see each value       -
 
 The ErrorReason enum is never sent on the wire as a field; it exists so that the

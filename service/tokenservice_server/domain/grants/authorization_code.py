@@ -10,10 +10,9 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 from tokenservice_server.domain.authentication import authenticate_client
-from tokenservice_server.domain.client_attempts import STALE, with_current_client
+from tokenservice_server.domain.client_attempts import STALE, Settled, with_current_client
 from tokenservice_server.domain.client_directory import ClientDirectory
 from tokenservice_server.domain.clients import ClientRecord, ClientType, GrantType
 from tokenservice_server.domain.clients import is_loopback_host as _is_loopback
@@ -79,23 +78,40 @@ class IssuedCode:
     state: str
 
 
+def _loopback_parts(uri: str) -> tuple[str, str] | None:
+    """(host, everything after the authority) of an ``http://`` loopback URI whose port
+    is absent or a plain 1-65535; None for anything else (user information, a malformed
+    port, another scheme or host)."""
+    if not uri.startswith("http://"):
+        return None
+    rest = uri[len("http://") :]
+    end = next((i for i, ch in enumerate(rest) if ch in "/?#"), len(rest))
+    authority, tail = rest[:end], rest[end:]
+    if authority.startswith("["):
+        host, bracket, port = authority.partition("]")
+        host += bracket
+    else:
+        host, colon, port = authority.partition(":")
+        port = colon + port
+    if port and not (
+        port[0] == ":" and port[1:].isdigit() and port[1:].isascii() and 0 < int(port[1:]) < 65536
+    ):
+        return None
+    if "@" in host or not _is_loopback(host.removeprefix("[").removesuffix("]")):
+        return None
+    return host, tail
+
+
 def redirect_uri_matches(registered: tuple[str, ...], presented: str) -> bool:
     """Exact string match (RFC 9700 section 2.1), except that the port of a loopback
-    redirect URI may vary for native apps (RFC 8252 section 7.3)."""
+    redirect URI may vary for native apps (RFC 8252 section 7.3): everything else, the
+    path, query and (absent) fragment included, must still match character for character."""
     if presented in registered:
         return True
-    try:
-        wanted = urlsplit(presented)
-        if wanted.scheme != "http" or not _is_loopback(wanted.hostname or ""):
-            return False
-        for uri in registered:
-            known = urlsplit(uri)
-            same_host = known.hostname == wanted.hostname and known.scheme == "http"
-            if same_host and (known.path, known.query) == (wanted.path, wanted.query):
-                return True
-    except ValueError:
+    wanted = _loopback_parts(presented)
+    if wanted is None:
         return False
-    return False
+    return any(_loopback_parts(uri) == wanted for uri in registered)
 
 
 class AuthorizationCodeGrant:
@@ -207,7 +223,8 @@ class AuthorizationCodeGrant:
             if result.status == "stale":
                 return STALE
             if result.status != "ok":
-                raise InvalidGrant(_FAILURES.get(result.status, "invalid grant"), field="code")
+                failure = InvalidGrant(_FAILURES.get(result.status, "invalid grant"), field="code")
+                raise Settled(failure)
             return pair.issued(result)
 
         return await with_current_client(self._directory, client_id, attempt)

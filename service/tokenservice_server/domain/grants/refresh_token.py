@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from tokenservice_server.domain.authentication import authenticate_client
-from tokenservice_server.domain.client_attempts import STALE, with_current_client
+from tokenservice_server.domain.client_attempts import STALE, Settled, with_current_client
 from tokenservice_server.domain.client_directory import ClientDirectory
 from tokenservice_server.domain.clients import ClientRecord, GrantType
 from tokenservice_server.domain.credentials import (
@@ -21,7 +21,12 @@ from tokenservice_server.domain.credentials import (
     digest,
     is_well_formed,
 )
-from tokenservice_server.domain.errors import InvalidGrant, InvalidRequest, InvalidScope
+from tokenservice_server.domain.errors import (
+    InvalidGrant,
+    InvalidRequest,
+    InvalidScope,
+    UnauthorizedClient,
+)
 from tokenservice_server.domain.grants.client_credentials import IssuedTokens, TokenLifetimes
 from tokenservice_server.domain.grants.issuance import plan_token_pair
 from tokenservice_server.domain.ports import GrantStore
@@ -67,7 +72,7 @@ class RefreshTokenGrant:
             now = self._clock()
             client = authenticate_client(record, client_secret, self._hasher, now)
             if GrantType.REFRESH_TOKEN not in client.spec.grant_types:
-                raise InvalidGrant("this client may not use the refresh_token grant")
+                raise UnauthorizedClient("this client may not use the refresh_token grant")
             pair = plan_token_pair(client, self._lifetimes, refresh=True)
             assert pair.refresh is not None
             result = await self._grants.rotate_refresh(
@@ -84,10 +89,14 @@ class RefreshTokenGrant:
             if result.status == "stale":
                 return STALE
             if result.status == "invalid_scope":
-                raise InvalidScope("scope wider than the original grant (RFC 6749 section 6)")
+                raise Settled(
+                    InvalidScope("scope wider than the original grant (RFC 6749 section 6)")
+                )
             if result.status != "ok":
-                raise InvalidGrant(
-                    _FAILURES.get(result.status, "invalid grant"), field="refresh_token"
+                raise Settled(
+                    InvalidGrant(
+                        _FAILURES.get(result.status, "invalid grant"), field="refresh_token"
+                    )
                 )
             return pair.issued(result)
 

@@ -35,7 +35,10 @@ local now_ms = tonumber(ARGV[4])
 if old.st == 'rotated' then
   local grace = tonumber(ARGV[5])
   local rotated_at = tonumber(old.rt or '0')
-  if grace > 0 and now_ms - rotated_at <= grace and old.g ~= '1' then
+  -- Only while the successor is unused and unrevoked: once it was used the response
+  -- evidently arrived, and a retry would leave two live refresh tokens in the family.
+  local successor = redis.call('HGET', root .. 'refresh_token:' .. (old.nr or ''), 'st')
+  if grace > 0 and now_ms - rotated_at <= grace and old.g ~= '1' and successor == 'live' then
     revoke_member(root, 'a:' .. old.na)
     revoke_member(root, 'r:' .. old.nr)
     redis.call('HSET', KEYS[2], 'g', '1')
