@@ -7,9 +7,10 @@ py-grpc-prometheus): ``grpc_server_started_total``, ``grpc_server_handled_total`
 
 from __future__ import annotations
 
+import socket
 import threading
 from dataclasses import dataclass, field
-from wsgiref.simple_server import WSGIServer
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import (
     CollectorRegistry,
@@ -17,8 +18,9 @@ from prometheus_client import (
     Gauge,
     Histogram,
     disable_created_metrics,
-    start_http_server,
+    make_wsgi_app,
 )
+from prometheus_client.exposition import ThreadingWSGIServer
 
 from tokenservice_server import __version__
 
@@ -119,6 +121,13 @@ class ServerMetrics:
         self.build_info.labels(version=__version__).set(1)
 
 
+class _QuietHandler(WSGIRequestHandler):
+    """No access log line per scrape on stderr."""
+
+    def log_message(self, format: str, *args: object) -> None:
+        return
+
+
 class MetricsServer:
     """The ``/metrics`` HTTP endpoint (prometheus_client's threaded WSGI server)."""
 
@@ -131,9 +140,22 @@ class MetricsServer:
 
     def start(self) -> int:
         """Bind and serve in a daemon thread; return the bound port."""
-        self._server, self._thread = start_http_server(
-            self._port, addr=self._host, registry=self._metrics.registry
+
+        class _Server(ThreadingWSGIServer):
+            address_family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
+
+        app = make_wsgi_app(self._metrics.registry)
+        self._server = make_server(
+            self._host, self._port, app, _Server, handler_class=_QuietHandler
         )
+        # A short poll interval lets shutdown return at once instead of after ~0.5 s.
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="metrics-http",
+            daemon=True,
+        )
+        self._thread.start()
         return int(self._server.server_port)
 
     def stop(self) -> None:

@@ -40,6 +40,9 @@ PUBLIC = Policy(needs_caller=False)
 # The token endpoint authenticates clients from the request body only: a stale bearer
 # token a channel attaches to every call must not stop a client from getting a new one.
 TOKEN_ENDPOINT = Policy(needs_caller=False, reads_bearer=False)
+# The servicer authenticates the caller itself, in the same round trip as its own lookup:
+# resolving the bearer token here as well would cost a second round trip.
+SELF_AUTHENTICATED = Policy(needs_caller=False, reads_bearer=False)
 AUTHENTICATED = Policy(needs_caller=True)
 ADMIN = Policy(needs_caller=True, scope=scopes.ADMIN)
 AUTHORIZE = Policy(needs_caller=True, scope=scopes.AUTHORIZE)
@@ -50,7 +53,7 @@ _POLICIES: dict[str, Policy] = {
     _TOKEN + "RevokeToken": PUBLIC,  # RFC 7009 client authentication, or a bearer token
     # The servicer authenticates the caller in the same round trip as the lookup;
     # callers need scope tokenservice.introspect, or may see only their own tokens.
-    _TOKEN + "IntrospectToken": PUBLIC,
+    _TOKEN + "IntrospectToken": SELF_AUTHENTICATED,
     _TOKEN + "Authorize": AUTHORIZE,
     _TOKEN + "CreateSession": AUTHORIZE,
     _TOKEN + "GetSession": AUTHORIZE,

@@ -90,7 +90,9 @@ class RefreshTokenGrant:
                 return STALE
             if result.status == "invalid_scope":
                 raise Settled(
-                    InvalidScope("scope wider than the original grant (RFC 6749 section 6)")
+                    InvalidScope(
+                        "scope wider than the original grant (RFC 6749 section 6)", field="scope"
+                    )
                 )
             if result.status != "ok":
                 raise Settled(

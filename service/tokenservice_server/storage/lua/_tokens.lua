@@ -22,7 +22,9 @@ local function hash_to_map(flat)
   return map
 end
 
--- Revoke one token by index member; returns 1 if a live token was revoked.
+-- Revoke one token by index member; returns 1 if a live token was revoked. A rotated
+-- refresh token (kept only to detect its reuse) is removed and blacklisted too, but it
+-- was no longer live, so it is not counted.
 local function revoke_member(root, member)
   local kind = KINDS[string.sub(member, 1, 1)]
   if kind == nil then
@@ -35,8 +37,12 @@ local function revoke_member(root, member)
   if ttl <= 0 then
     return 0
   end
+  local rotated = kind == KINDS.r and redis.call('HGET', key, 'st') == 'rotated'
   redis.call('DEL', key)
   redis.call('SET', root .. 'blacklist:' .. digest, string.sub(member, 1, 1), 'EX', ttl)
+  if rotated then
+    return 0
+  end
   redis.call('HINCRBY', 'auth_stats', kind.stat, 1)
   return 1
 end

@@ -72,6 +72,8 @@ if ARGV[3] ~= '' then
 end
 
 redis.call('HSET', KEYS[2], 'st', 'rotated', 'rt', ARGV[4], 'na', ARGV[8], 'nr', ARGV[9])
+-- No longer live: out of the live count (the record stays, to recognise a reuse).
+redis.call('ZREM', KINDS.r.cleanup, 'r:' .. string.sub(KEYS[2], #root + #KINDS.r.record + 1))
 -- The refresh token keeps the originally granted scope, so a narrowed access token can
 -- later be widened again up to (never beyond) the original grant.
 store_pair(root, ARGV[2], math.floor(now_ms / 1000), family, subject, session, ARGV[12],
