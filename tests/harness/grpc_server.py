@@ -56,8 +56,8 @@ async def app_factory() -> AsyncIterator[AppFactory]:
 
 
 @pytest.fixture
-async def server(app_factory: AppFactory, valkey: Any) -> Application:
-    """A server on a fresh standalone Valkey."""
+async def server(valkey: Any, app_factory: AppFactory) -> Application:
+    """A server on a fresh standalone Valkey (set up first, so it stops after the server)."""
     return await app_factory(redis={"url": valkey.url})
 
 

@@ -20,6 +20,7 @@ that into an RPC error, which Envoy treats as "authorizer broken").
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
 import re
@@ -158,6 +159,14 @@ def _bearer(authorization: str | None) -> str | None:
     return token.strip()
 
 
+@functools.lru_cache(maxsize=1024)
+def _challenge(
+    realm: str, error: BearerError | None, description: str, scope: frozenset[str]
+) -> str:
+    # Denials repeat (a flood of bad tokens is the same few answers): format each once.
+    return bearer_challenge(realm, error, description=description, scope=scope)
+
+
 class AccessChecker:
     def __init__(
         self,
@@ -241,7 +250,7 @@ class AccessChecker:
         *,
         scope: frozenset[str] = frozenset(),
     ) -> AccessDecision:
-        challenge = bearer_challenge(self._realm, error, description=description, scope=scope)
+        challenge = _challenge(self._realm, error, description, scope)
         return AccessDecision(
             outcome=outcome,
             http_status=http_status_for(error),

@@ -74,7 +74,7 @@ class GrantStore(Protocol):
     async def store_code(
         self, digest: str, code: AuthorizationCode, *, client_generation: int, ttl: int
     ) -> int:
-        """1 stored, 0 stale client, -1 the session is gone."""
+        """1 stored, 0 stale client, -1 the session is gone, -2 another subject's session."""
 
     async def redeem_code(
         self,

@@ -54,8 +54,7 @@ class SessionService:
     ) -> Session:
         if not subject or len(subject) > 256 or not subject.isprintable():
             raise InvalidRequest("session.subject", "1-256 printable characters")
-        if client_id:
-            validate_client_id(client_id, field="session.client_id")
+        validate_client_id(client_id, field="session.client_id")
         if len(attributes) > MAX_ATTRIBUTES:
             raise InvalidRequest(
                 "session.attributes", f"at most {MAX_ATTRIBUTES} entries", limit=MAX_ATTRIBUTES

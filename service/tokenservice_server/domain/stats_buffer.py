@@ -59,7 +59,7 @@ class StatsBuffer:
                 _log.warning("stats_flush_failed", error=type(exc).__name__)
 
     @contextlib.asynccontextmanager
-    async def running(self, interval: float, final_timeout: float = 2.0) -> AsyncIterator[None]:
+    async def running(self, interval: float, final_timeout: float = 1.0) -> AsyncIterator[None]:
         """Flush every ``interval`` seconds while the context is open, and once at exit
         (a flush is never cancelled half-way, so nothing is counted twice)."""
         stop = asyncio.Event()

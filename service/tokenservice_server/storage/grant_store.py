@@ -26,7 +26,7 @@ class RedisGrantStore:
     async def store_code(
         self, digest: str, code: AuthorizationCode, *, client_generation: int, ttl: int
     ) -> int:
-        """1 stored, 0 stale client, -1 the session is gone."""
+        """1 stored, 0 stale client, -1 the session is gone, -2 another subject's session."""
         fields = {
             "c": code.client_id,
             "r": code.redirect_uri,
@@ -48,7 +48,7 @@ class RedisGrantStore:
                     keys.session_key(code.session_id),
                     keys.AUTH_STATS,
                 ],
-                args=[client_generation, ttl, code.session_id, *flat],
+                args=[client_generation, ttl, code.session_id, code.subject, *flat],
             )
         )
 

@@ -178,8 +178,10 @@ class AuthorizationCodeGrant:
             )
             if stored == 0:
                 return STALE
-            if stored < 0:
+            if stored == -1:
                 raise InvalidRequest("session_id", "no such live session")
+            if stored < 0:
+                raise InvalidRequest("session_id", "the session belongs to another subject")
             return IssuedCode(code=code, expires_in=self._code_ttl, state=request.state)
 
         return await with_current_client(self._directory, request.client_id, attempt)
