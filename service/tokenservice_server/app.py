@@ -37,7 +37,6 @@ from tokenservice_server.transport.client_registry import ClientRegistryServicer
 from tokenservice_server.transport.ext_authz import AuthorizationServicer
 from tokenservice_server.transport.health import HealthMonitor
 from tokenservice_server.transport.interceptors import ObservabilityInterceptor
-from tokenservice_server.transport.token_rate_limit import TokenRateLimitInterceptor
 from tokenservice_server.transport.token_service import TokenServiceServicer
 from tokenservice_server.transport.unimplemented import service_handler
 from tokenservice_server.wiring import Components, bootstrap_embedded_admin, build_components
@@ -144,7 +143,6 @@ class Application:
                 interceptors=[
                     ObservabilityInterceptor(self.metrics),
                     CallerAuthInterceptor(components.authenticator),
-                    TokenRateLimitInterceptor(components.token_throttle, self.metrics),
                 ],
                 options=_CHANNEL_OPTIONS,
                 maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
@@ -158,6 +156,8 @@ class Application:
                     components.revoker,
                     components.sessions,
                     components.tokens.statistics,
+                    components.token_throttle,
+                    self.metrics,
                 ),
                 "tokenservice.v1.ClientRegistry": ClientRegistryServicer(components.registry),
                 "tokenservice.v1.CacheService": CacheServiceServicer(

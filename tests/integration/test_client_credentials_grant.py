@@ -371,7 +371,19 @@ async def test_grant_type_and_field_length_errors(
 
 # What issue_access_token.lua runs inside the one EVALSHA (EXPIRE of the per-client index
 # only when its TTL would otherwise end before the new token's).
-_SCRIPT_COMMANDS = {"hget": 1, "hset": 1, "sadd": 1, "ttl": 1, "zadd": 1, "hincrby": 1}
+# Inside the one script: the generation check, the rate limiter (the client's override,
+# server TIME, and the client's and the peer IP's GCRA buckets), then the token writes.
+_SCRIPT_COMMANDS = {
+    "hget": 2,
+    "time": 1,
+    "get": 2,
+    "set": 2,
+    "hset": 1,
+    "sadd": 1,
+    "ttl": 1,
+    "zadd": 1,
+    "hincrby": 1,
+}
 # Our own observer's INFO and the health probe's PING are not the token endpoint's.
 _NOT_OURS = ("info", "ping")
 

@@ -10,10 +10,9 @@ Measured (and asserted exactly below):
 
 - IntrospectToken: 1 (one pipeline: caller token + marker, target token + marker, counter)
 - RevokeToken with client credentials: 1 (one script)
-- IssueToken (every grant): 2, the grant itself being 1 script; the other is the token
-  endpoint's rate limiter (``rate_limit`` script, run by an interceptor before the
-  grant). Issue 4 wants 1: see ``test_issue_token_is_one_round_trip``, an expected
-  failure until the limiter's buckets move into the grant scripts.
+- IssueToken (every grant): 1 script, which also counts the request against the token
+  endpoint's rate limits; a request refused before storage (a wrong secret) costs one
+  more, the ``rate_limit`` script counting the failure.
 - Authorize, the session RPCs, RevokeTokens, GetTokenStats, and RevokeToken with a bearer
   token: 2, the caller's bearer token lookup (in the interceptor) plus the operation.
 """
@@ -37,7 +36,7 @@ from tests.integration.oauth2_flows import (
 from tokenservice.v1 import token_service_pb2 as pb
 
 LOOKUP = ("hgetall", "exists")  # a bearer token: its record and its revocation marker
-RATE_LIMIT = ("evalsha:rate_limit",)
+RATE_LIMIT = ("evalsha:rate_limit",)  # counting a failure decided before storage
 
 
 @pytest.fixture
@@ -69,6 +68,17 @@ async def _warm(flow: Flow) -> None:
     await flow.tokens.RevokeTokens(
         pb.RevokeTokensRequest(subject="nobody"), metadata=flow.admin_metadata
     )
+    # A failure decided before storage loads the script that counts failures.
+    with pytest.raises(grpc.aio.AioRpcError):
+        await flow.tokens.IssueToken(
+            pb.IssueTokenRequest(
+                grant_type=pb.GRANT_TYPE_REFRESH_TOKEN,
+                client_id=client.client_id,
+                client_secret="wrong",
+                refresh_token=issued.refresh_token,
+            ),
+            timeout=5,
+        )
 
 
 @pytest.fixture
@@ -77,26 +87,22 @@ async def warm(flow: Flow) -> Flow:
     return flow
 
 
-async def test_issue_token_authorization_code_is_rate_limit_plus_one_script(
-    warm: Flow, trips: RoundTrips
-) -> None:
+async def test_issue_token_authorization_code_is_one_script(warm: Flow, trips: RoundTrips) -> None:
     client = await warm.client()
     await warm.login(client)  # the client's cache entry
     code, verifier = await warm.authorize(client)
     with trips.measure() as measured:
         await warm.redeem(client, code, verifier)
-    assert measured == [RATE_LIMIT, ("evalsha:redeem_code",)]
+    assert measured == [("evalsha:redeem_code",)]
 
 
-async def test_issue_token_refresh_token_is_rate_limit_plus_one_script(
-    warm: Flow, trips: RoundTrips
-) -> None:
+async def test_issue_token_refresh_token_is_one_script(warm: Flow, trips: RoundTrips) -> None:
     client = await warm.client()
     issued = await warm.login(client)
     for _ in range(3):
         with trips.measure() as measured:
             issued = await warm.refresh(client, issued.refresh_token)
-        assert measured == [RATE_LIMIT, ("evalsha:rotate_refresh",)]
+        assert measured == [("evalsha:rotate_refresh",)]
 
 
 async def test_a_refused_refresh_reuse_is_one_script(warm: Flow, trips: RoundTrips) -> None:
@@ -105,14 +111,27 @@ async def test_a_refused_refresh_reuse_is_one_script(warm: Flow, trips: RoundTri
     await warm.refresh(client, issued.refresh_token)
     with trips.measure() as measured, pytest.raises(grpc.aio.AioRpcError, match="already used"):
         await warm.refresh(client, issued.refresh_token)
-    assert measured == [RATE_LIMIT, ("evalsha:rotate_refresh",)]
+    assert measured == [("evalsha:rotate_refresh",)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 4 wants one round trip per RPC; the token endpoint's rate limiter "
-    "(transport/token_rate_limit.py) runs its own script before the grant's",
-)
+async def test_a_wrong_secret_costs_only_the_failure_count(warm: Flow, trips: RoundTrips) -> None:
+    client = await warm.client()
+    issued = await warm.login(client)
+    with trips.measure() as measured, pytest.raises(grpc.aio.AioRpcError, match="authentication"):
+        await warm.tokens.IssueToken(
+            pb.IssueTokenRequest(
+                grant_type=pb.GRANT_TYPE_REFRESH_TOKEN,
+                client_id=client.client_id,
+                client_secret="wrong",
+                refresh_token=issued.refresh_token,
+            ),
+            timeout=5,
+        )
+    # The cached client record refused it; it is re-read once (another replica may have
+    # rotated the secret), then the failure is counted against the limits.
+    assert measured == [("hgetall",), RATE_LIMIT]
+
+
 async def test_issue_token_is_one_round_trip(warm: Flow, trips: RoundTrips) -> None:
     client = await warm.client()
     issued = await warm.login(client)

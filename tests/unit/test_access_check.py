@@ -285,7 +285,8 @@ async def test_token_throttle_raises_rate_limited_with_the_bucket() -> None:
     limiter = FakeLimiter(Admission(False, retry_after=2.5, limited_by="issue_ip"))
 
     with pytest.raises(RateLimited) as refused:
-        await TokenEndpointThrottle(limiter, RateLimitPolicy()).admit("svc", "10.0.0.1")
+        throttle = TokenEndpointThrottle(limiter, RateLimitPolicy())
+        await throttle.count_failure(throttle.limits("svc", "10.0.0.1"))
 
     assert (refused.value.retry_after, refused.value.metadata) == (2.5, {"bucket": "issue_ip"})
 
@@ -294,8 +295,10 @@ async def test_token_throttle_counts_unregistrable_ids_by_ip_only() -> None:
     limiter = FakeLimiter()
     throttle = TokenEndpointThrottle(limiter, RateLimitPolicy())
 
-    await throttle.admit("svc-1", "10.0.0.1")
-    await throttle.admit("no spaces allowed", "10.0.0.1")
-    await throttle.admit("x" * 129, "10.0.0.1")
+    for client_id in ("svc-1", "no spaces allowed", "x" * 129):
+        await throttle.count_failure(throttle.limits(client_id, "10.0.0.1"))
 
     assert limiter.calls == [("svc-1", "10.0.0.1"), ("", "10.0.0.1"), ("", "10.0.0.1")]
+    # The same buckets travel into the grant scripts: no client bucket for such ids.
+    assert throttle.limits("no spaces allowed", "10.0.0.1").client_limit == 0
+    assert throttle.limits("svc-1", "").ip_limit == 0

@@ -43,6 +43,7 @@ async def with_current_client(
         try:
             result = await attempt(record)
         except Settled as settled:
+            settled.error.attempt_counted = True
             raise settled.error from None
         except DomainError:
             if not cached:

@@ -38,6 +38,9 @@ class DomainError(Exception):
         self.message = message
         self.field = field
         self.limit = limit
+        # True when storage decided the failure in the step that also counted the
+        # request against its rate limits (so it must not be counted again).
+        self.attempt_counted = False
 
     @property
     def metadata(self) -> dict[str, str]:

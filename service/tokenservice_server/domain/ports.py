@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from tokenservice_server.domain.clients import ClientRecord
-from tokenservice_server.domain.rate_limiting import Admission, RateLimitPolicy
+from tokenservice_server.domain.rate_limiting import Admission, RateLimitPolicy, TokenRequestLimits
 from tokenservice_server.domain.tokens import (
     AccessTokenRecord,
     AuthorizationCode,
@@ -46,10 +46,16 @@ class ClientStore(Protocol):
 
 class TokenStore(Protocol):
     async def issue_access_token(
-        self, record: AccessTokenRecord, *, client_generation: int, ttl: int
-    ) -> bool:
-        """Store and index a token iff the client is still at ``client_generation``
-        (False means the caller's copy of the client is stale)."""
+        self,
+        record: AccessTokenRecord,
+        *,
+        client_generation: int,
+        ttl: int,
+        limits: TokenRequestLimits,
+    ) -> bool | Admission:
+        """Count the request against ``limits`` and store and index the token iff the
+        client is still at ``client_generation``: True issued, False the caller's copy of
+        the client is stale, or the rate limiter's refusal."""
 
     async def find_access_token(self, digest: str) -> AccessTokenRecord | None:
         """The live, unrevoked token with this digest, or None."""
@@ -89,6 +95,7 @@ class GrantStore(Protocol):
         access: tuple[str, str, int],
         refresh: tuple[str, str, int] | None,
         audiences: tuple[str, ...],
+        limits: TokenRequestLimits,
     ) -> GrantResult: ...
 
     async def rotate_refresh(
@@ -103,6 +110,7 @@ class GrantStore(Protocol):
         access: tuple[str, str, int],
         refresh: tuple[str, str, int],
         audiences: tuple[str, ...],
+        limits: TokenRequestLimits,
     ) -> GrantResult: ...
 
 

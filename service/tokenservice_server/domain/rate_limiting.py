@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from tokenservice_server.domain.clients import CLIENT_ID_PATTERN
 from tokenservice_server.domain.errors import RateLimited
+from tokenservice_server.domain.tokens import GrantResult
 
 if TYPE_CHECKING:
     from tokenservice_server.domain.ports import RateLimitStore
@@ -29,6 +30,9 @@ __all__ = [
     "Admission",
     "RateLimitPolicy",
     "TokenEndpointThrottle",
+    "TokenRequestLimits",
+    "rate_limited",
+    "refused",
 ]
 
 
@@ -65,6 +69,33 @@ class Admission:
 ADMITTED = Admission(allowed=True)
 
 
+@dataclass(frozen=True)
+class TokenRequestLimits:
+    """The buckets one token request is counted in, handed to the grant's storage step so
+    that counting and issuing are one Redis round trip."""
+
+    client_id: str  # '' when the id could not be registered (no client bucket then)
+    client_ip: str  # '' for unix-socket peers (no IP bucket then)
+    period_ms: int
+    client_limit: int
+    ip_limit: int
+
+
+def refused(admission: Admission) -> RateLimited:
+    return RateLimited(
+        f"too many token requests ({admission.limited_by} limit); retry later",
+        retry_after=admission.retry_after,
+        limited_by=admission.limited_by,
+    )
+
+
+def rate_limited(result: GrantResult) -> RateLimited:
+    """The refusal a grant's storage step reported."""
+    return refused(
+        Admission(allowed=False, retry_after=result.retry_after, limited_by=result.limited_by)
+    )
+
+
 class TokenEndpointThrottle:
     """The token endpoint's limits: per client id and per peer IP.
 
@@ -78,13 +109,23 @@ class TokenEndpointThrottle:
         self._store = store
         self._policy = policy
 
-    async def admit(self, client_id: str, client_ip: str) -> None:
-        """Return when the request may proceed; raise :class:`RateLimited` otherwise."""
+    def limits(self, client_id: str, client_ip: str) -> TokenRequestLimits:
         known_id = client_id if CLIENT_ID_PATTERN.match(client_id) else ""
-        admission = await self._store.admit_token_request(known_id, client_ip, self._policy)
+        policy = self._policy
+        return TokenRequestLimits(
+            client_id=known_id,
+            client_ip=client_ip,
+            period_ms=policy.period_ms,
+            client_limit=policy.token_per_client if known_id else 0,
+            ip_limit=policy.token_per_ip if client_ip else 0,
+        )
+
+    async def count_failure(self, limits: TokenRequestLimits) -> None:
+        """Count a request that failed before reaching storage (a wrong secret, a
+        malformed code), so failures are limited too; raise :class:`RateLimited` when the
+        caller is over its limit."""
+        admission = await self._store.admit_token_request(
+            limits.client_id, limits.client_ip, self._policy
+        )
         if not admission.allowed:
-            raise RateLimited(
-                f"too many token requests ({admission.limited_by} limit); retry later",
-                retry_after=admission.retry_after,
-                limited_by=admission.limited_by,
-            )
+            raise refused(admission)

@@ -50,11 +50,13 @@ AccessTokenRecord = TokenRecord
 class GrantResult:
     """What an atomic grant step (code redemption, refresh rotation) reports."""
 
-    status: str  # "ok" or the failure the script found
+    status: str  # "ok", "limited" or the failure the script found
     scope: str = ""
     subject: str = ""
     session_id: str = ""
     family_id: str = ""
+    retry_after: float = 0.0  # when "limited": seconds until a retry is admitted
+    limited_by: str = ""  # when "limited": the refusing bucket
 
 
 @dataclass(frozen=True)

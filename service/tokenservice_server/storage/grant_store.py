@@ -6,16 +6,24 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from tokenservice_server.domain.rate_limiting import TokenRequestLimits
 from tokenservice_server.domain.tokens import AuthorizationCode, GrantResult
 from tokenservice_server.storage import keys
 from tokenservice_server.storage.scripts import ScriptRegistry
+from tokenservice_server.storage.token_limits import limited, token_limit_args, token_limit_keys
 
 __all__ = ["RedisGrantStore"]
 
 
 def _result(reply: list[Any]) -> GrantResult:
     values = [item.decode() if isinstance(item, bytes) else str(item) for item in reply]
-    return GrantResult(*values)
+    if values[0] == "limited":
+        refusal = limited(values[1], values[2])
+        return GrantResult(
+            "limited", retry_after=refusal.retry_after, limited_by=refusal.limited_by
+        )
+    status, scope, subject, session, family = (values + [""] * 5)[:5]
+    return GrantResult(status, scope, subject, session, family)
 
 
 class RedisGrantStore:
@@ -65,12 +73,13 @@ class RedisGrantStore:
         access: tuple[str, str, int],
         refresh: tuple[str, str, int] | None,
         audiences: tuple[str, ...],
+        limits: TokenRequestLimits,
     ) -> GrantResult:
         """``access``/``refresh`` are (sha256, jti, ttl) of the tokens to issue."""
         refresh_digest, refresh_jti, refresh_ttl = refresh or ("", "", 0)
         reply = await self._scripts.call(
             "redeem_code",
-            keys=[keys.client_key(client_id), keys.code_key(digest)],
+            keys=[keys.client_key(client_id), keys.code_key(digest), *token_limit_keys(limits)],
             args=[
                 client_generation,
                 client_id,
@@ -86,6 +95,7 @@ class RedisGrantStore:
                 refresh_jti,
                 " ".join(audiences),
                 keys.AUTH_ROOT,
+                *token_limit_args(limits),
             ],
         )
         return _result(reply)
@@ -102,10 +112,15 @@ class RedisGrantStore:
         access: tuple[str, str, int],
         refresh: tuple[str, str, int],
         audiences: tuple[str, ...],
+        limits: TokenRequestLimits,
     ) -> GrantResult:
         reply = await self._scripts.call(
             "rotate_refresh",
-            keys=[keys.client_key(client_id), keys.refresh_token_key(digest)],
+            keys=[
+                keys.client_key(client_id),
+                keys.refresh_token_key(digest),
+                *token_limit_keys(limits),
+            ],
             args=[
                 client_generation,
                 client_id,
@@ -120,6 +135,7 @@ class RedisGrantStore:
                 refresh[1],
                 " ".join(audiences),
                 keys.AUTH_ROOT,
+                *token_limit_args(limits),
             ],
         )
         return _result(reply)

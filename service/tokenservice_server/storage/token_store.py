@@ -11,9 +11,11 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from tokenservice_server.domain.rate_limiting import Admission, TokenRequestLimits
 from tokenservice_server.domain.tokens import TokenKind, TokenRecord
 from tokenservice_server.storage import keys
 from tokenservice_server.storage.scripts import ScriptRegistry
+from tokenservice_server.storage.token_limits import limited, token_limit_args, token_limit_keys
 
 __all__ = ["RedisTokenStore", "decode_token", "encode_access_token"]
 
@@ -77,8 +79,14 @@ class RedisTokenStore:
         self._scripts = scripts
 
     async def issue_access_token(
-        self, record: TokenRecord, *, client_generation: int, ttl: int
-    ) -> bool:
+        self,
+        record: TokenRecord,
+        *,
+        client_generation: int,
+        ttl: int,
+        limits: TokenRequestLimits,
+    ) -> bool | Admission:
+        """True issued, False stale client, or the rate limiter's refusal."""
         member = keys.access_token_member(record.digest)
         issued = await self._scripts.call(
             "issue_access_token",
@@ -88,9 +96,19 @@ class RedisTokenStore:
                 keys.client_tokens_key(record.client_id),
                 keys.TOKEN_CLEANUP,
                 keys.AUTH_STATS,
+                *token_limit_keys(limits),
             ],
-            args=[client_generation, ttl, record.expires_at, member, *encode_access_token(record)],
+            args=[
+                client_generation,
+                ttl,
+                record.expires_at,
+                member,
+                *token_limit_args(limits),
+                *encode_access_token(record),
+            ],
         )
+        if isinstance(issued, list):
+            return limited(*issued)
         return bool(issued)
 
     async def find_access_token(self, digest: str) -> TokenRecord | None:

@@ -14,7 +14,12 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from tokenservice.v1 import token_service_pb2 as pb
-from tokenservice_server.domain.errors import InvalidRequest, UnsupportedGrantType
+from tokenservice_server.domain.errors import (
+    DomainError,
+    InvalidRequest,
+    RateLimited,
+    UnsupportedGrantType,
+)
 from tokenservice_server.domain.grants.authorization_code import (
     AuthorizationCodeGrant,
     AuthorizeRequest,
@@ -26,11 +31,14 @@ from tokenservice_server.domain.grants.client_credentials import (
 from tokenservice_server.domain.grants.refresh_token import RefreshTokenGrant
 from tokenservice_server.domain.introspection import Introspector
 from tokenservice_server.domain.pkce import ChallengeMethod
+from tokenservice_server.domain.rate_limiting import TokenEndpointThrottle, TokenRequestLimits
 from tokenservice_server.domain.revocation import Revoker
 from tokenservice_server.domain.scopes import format_scope
 from tokenservice_server.domain.sessions import SessionService
 from tokenservice_server.domain.tokens import Session, TokenKind
+from tokenservice_server.metrics import ServerMetrics
 from tokenservice_server.transport.caller_auth import current_caller, optional_caller
+from tokenservice_server.transport.peers import peer_ip
 
 __all__ = ["TokenServiceServicer"]
 
@@ -103,7 +111,11 @@ class TokenServiceServicer:
         revoker: Revoker,
         sessions: SessionService,
         statistics: Any,
+        throttle: TokenEndpointThrottle,
+        metrics: ServerMetrics,
     ) -> None:
+        self._throttle = throttle
+        self._metrics = metrics
         self._client_credentials = client_credentials
         self._authorization_code = authorization_code
         self._refresh_token = refresh_token
@@ -115,31 +127,55 @@ class TokenServiceServicer:
     async def IssueToken(
         self, request: pb.IssueTokenRequest, context: Context
     ) -> pb.IssueTokenResponse:
+        # Limits are counted inside the grant's storage step (one round trip); a request
+        # that fails before reaching storage is counted here, so failures are limited too.
+        limits = self._throttle.limits(request.client_id, peer_ip(context.peer()))
+        try:
+            issued = await self._issue(request, limits)
+        except RateLimited as refusal:
+            self._metrics.rate_limited.labels(bucket=refusal.limited_by).inc()
+            raise
+        except DomainError as failure:
+            if not failure.attempt_counted:
+                try:
+                    await self._throttle.count_failure(limits)
+                except RateLimited as refusal:
+                    self._metrics.rate_limited.labels(bucket=refusal.limited_by).inc()
+                    raise
+            raise
+        return _token_response(issued)
+
+    async def _issue(
+        self, request: pb.IssueTokenRequest, limits: TokenRequestLimits
+    ) -> IssuedTokens:
         _bounded(request, _BOUNDED_FIELDS)
         if not request.client_id:
             raise InvalidRequest("client_id", "required")
         grant = request.grant_type
         if grant == pb.GRANT_TYPE_CLIENT_CREDENTIALS:
-            issued = await self._client_credentials.issue(
-                request.client_id, request.client_secret, request.scope
+            return await self._client_credentials.issue(
+                request.client_id, request.client_secret, request.scope, limits
             )
-        elif grant == pb.GRANT_TYPE_AUTHORIZATION_CODE:
-            issued = await self._authorization_code.redeem(
+        if grant == pb.GRANT_TYPE_AUTHORIZATION_CODE:
+            return await self._authorization_code.redeem(
                 request.client_id,
                 request.client_secret,
                 request.code,
                 request.redirect_uri,
                 request.code_verifier,
+                limits,
             )
-        elif grant == pb.GRANT_TYPE_REFRESH_TOKEN:
-            issued = await self._refresh_token.refresh(
-                request.client_id, request.client_secret, request.refresh_token, request.scope
+        if grant == pb.GRANT_TYPE_REFRESH_TOKEN:
+            return await self._refresh_token.refresh(
+                request.client_id,
+                request.client_secret,
+                request.refresh_token,
+                request.scope,
+                limits,
             )
-        elif grant == pb.GRANT_TYPE_UNSPECIFIED:
+        if grant == pb.GRANT_TYPE_UNSPECIFIED:
             raise UnsupportedGrantType("grant_type is required", field="grant_type")
-        else:
-            raise UnsupportedGrantType(f"grant type {grant} is not supported", field="grant_type")
-        return _token_response(issued)
+        raise UnsupportedGrantType(f"grant type {grant} is not supported", field="grant_type")
 
     async def Authorize(
         self, request: pb.AuthorizeRequest, context: Context

@@ -41,6 +41,7 @@ from tokenservice_server.domain.pkce import (
     validate_verifier,
 )
 from tokenservice_server.domain.ports import GrantStore
+from tokenservice_server.domain.rate_limiting import TokenRequestLimits, rate_limited
 from tokenservice_server.domain.tokens import AuthorizationCode
 
 __all__ = ["AuthorizationCodeGrant", "AuthorizeRequest", "IssuedCode", "redirect_uri_matches"]
@@ -193,6 +194,7 @@ class AuthorizationCodeGrant:
         code: str,
         redirect_uri: str,
         code_verifier: str,
+        limits: TokenRequestLimits,
     ) -> IssuedTokens:
         if not code:
             raise InvalidRequest("code", "required")
@@ -221,9 +223,12 @@ class AuthorizationCodeGrant:
                 access=pair.access,
                 refresh=pair.refresh,
                 audiences=client.spec.audiences,
+                limits=limits,
             )
             if result.status == "stale":
                 return STALE
+            if result.status == "limited":
+                raise Settled(rate_limited(result))
             if result.status != "ok":
                 failure = InvalidGrant(_FAILURES.get(result.status, "invalid grant"), field="code")
                 raise Settled(failure)

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from tokenservice_server.domain.authentication import authenticate_client
-from tokenservice_server.domain.client_attempts import STALE, with_current_client
+from tokenservice_server.domain.client_attempts import STALE, Settled, with_current_client
 from tokenservice_server.domain.client_directory import ClientDirectory
 from tokenservice_server.domain.clients import ClientRecord, ClientType, GrantType
 from tokenservice_server.domain.credentials import (
@@ -26,6 +26,7 @@ from tokenservice_server.domain.errors import (
     UnauthorizedClient,
 )
 from tokenservice_server.domain.ports import TokenStore
+from tokenservice_server.domain.rate_limiting import Admission, TokenRequestLimits, refused
 from tokenservice_server.domain.scopes import format_scope, parse_scope
 from tokenservice_server.domain.tokens import AccessTokenRecord
 
@@ -79,7 +80,9 @@ class ClientCredentialsGrant:
         self._lifetimes = lifetimes
         self._clock = clock
 
-    async def issue(self, client_id: str, client_secret: str, scope: str) -> IssuedTokens:
+    async def issue(
+        self, client_id: str, client_secret: str, scope: str, limits: TokenRequestLimits
+    ) -> IssuedTokens:
         async def attempt(record: ClientRecord | None) -> IssuedTokens | None:
             now = self._clock()
             client = authenticate_client(record, client_secret, self._hasher, now)
@@ -101,8 +104,10 @@ class ClientCredentialsGrant:
                 audiences=client.spec.audiences,
             )
             stored = await self._tokens.issue_access_token(
-                token_record, client_generation=client.generation, ttl=ttl
+                token_record, client_generation=client.generation, ttl=ttl, limits=limits
             )
+            if isinstance(stored, Admission):
+                raise Settled(refused(stored))
             if not stored:
                 return STALE
             return IssuedTokens(access_token=token, expires_in=ttl, scopes=scopes)

@@ -30,6 +30,7 @@ from tokenservice_server.domain.errors import (
 from tokenservice_server.domain.grants.client_credentials import IssuedTokens, TokenLifetimes
 from tokenservice_server.domain.grants.issuance import plan_token_pair
 from tokenservice_server.domain.ports import GrantStore
+from tokenservice_server.domain.rate_limiting import TokenRequestLimits, rate_limited
 from tokenservice_server.domain.scopes import format_scope, parse_scope
 
 __all__ = ["RefreshTokenGrant"]
@@ -60,7 +61,12 @@ class RefreshTokenGrant:
         self._grace_ms = round(reuse_grace * 1000)
 
     async def refresh(
-        self, client_id: str, client_secret: str, refresh_token: str, scope: str
+        self,
+        client_id: str,
+        client_secret: str,
+        refresh_token: str,
+        scope: str,
+        limits: TokenRequestLimits,
     ) -> IssuedTokens:
         if not refresh_token:
             raise InvalidRequest("refresh_token", "required")
@@ -85,9 +91,12 @@ class RefreshTokenGrant:
                 access=pair.access,
                 refresh=pair.refresh,
                 audiences=client.spec.audiences,
+                limits=limits,
             )
             if result.status == "stale":
                 return STALE
+            if result.status == "limited":
+                raise Settled(rate_limited(result))
             if result.status == "invalid_scope":
                 raise Settled(
                     InvalidScope(

@@ -52,3 +52,18 @@ local function gcra_admit(buckets, now)
   end
   return true, 0, nil
 end
+
+-- Admit one token-endpoint request against the client's bucket (a 'rate_limit' field,
+-- requests per minute, in the client record replaces the default) and the peer IP's.
+-- Returns what gcra_admit returns, with bucket labels 'issue_client' and 'issue_ip'.
+local function admit_token_request(client_key, client_bucket, ip_bucket, period_ms,
+                                   client_limit, ip_limit)
+  local period_us = tonumber(period_ms) * 1000
+  local override = tonumber(redis.call('HGET', client_key, 'rate_limit'))
+  local client = { client_bucket, tonumber(client_limit), period_us, 'issue_client' }
+  if override ~= nil and override > 0 then
+    client = { client_bucket, override, 60000000, 'issue_client' }
+  end
+  local ip = { ip_bucket, tonumber(ip_limit), period_us, 'issue_ip' }
+  return gcra_admit({ client, ip }, gcra_now())
+end

@@ -1,22 +1,31 @@
 -- redeem_code.lua: exchange an authorization code for tokens, exactly once.
--- KEYS: [1] auth:client:{client_id}, [2] auth:code:{sha256(code)}
+-- KEYS: [1] auth:client:{client_id}, [2] auth:code:{sha256(code)},
+--       [3] client rate-limit bucket, [4] peer-IP rate-limit bucket
 -- ARGV: [1] client generation, [2] client_id, [3] redirect_uri, [4] BASE64URL(SHA256(
 --       code_verifier)) or '', [5] code_verifier or '', [6] now (Unix seconds),
 --       [7] access TTL, [8] refresh TTL (0: no refresh token), [9] access sha256,
 --       [10] refresh sha256, [11] access jti, [12] refresh jti, [13] audiences (space
---       separated), [14] key root ('auth:')
+--       separated), [14] key root ('auth:'), [15] rate-limit period (ms),
+--       [16] client limit, [17] IP limit (0 = none)
 -- Returns: {'ok', scope, subject, session_id, family_id} or {error} with error one of
 --   'stale' (client changed: re-read, retry), 'invalid' (unknown, expired or bound to
 --   another client or redirect URI), 'reused' (second redemption: the grant is revoked),
---   'pkce_required', 'pkce_mismatch', 'pkce_unexpected', 'session_ended'
+--   'pkce_required', 'pkce_mismatch', 'pkce_unexpected', 'session_ended', or
+--   {'limited', microseconds until a retry is admitted, refusing bucket}
 --
 -- "If an authorization code is used more than once, the authorization server MUST deny
 -- the request and SHOULD revoke (when possible) all tokens previously issued based on
 -- that authorization code" (RFC 6749 section 4.1.2). One script makes "check unused,
 -- mark used, issue" a single step, so 50 concurrent redemptions yield one success.
 -- include: _tokens.lua
+-- include: _gcra.lua
 if redis.call('HGET', KEYS[1], 'gen') ~= ARGV[1] then
   return { 'stale' }
+end
+local admitted, wait, refused_by = admit_token_request(KEYS[1], KEYS[3], KEYS[4], ARGV[15],
+  ARGV[16], ARGV[17])
+if not admitted then
+  return { 'limited', wait, refused_by }
 end
 local flat = redis.call('HGETALL', KEYS[2])
 if #flat == 0 then

@@ -1,14 +1,17 @@
 -- rotate_refresh.lua: use a refresh token once, replacing it and issuing an access token.
--- KEYS: [1] auth:client:{client_id}, [2] auth:refresh_token:{sha256(presented token)}
+-- KEYS: [1] auth:client:{client_id}, [2] auth:refresh_token:{sha256(presented token)},
+--       [3] client rate-limit bucket, [4] peer-IP rate-limit bucket
 -- ARGV: [1] client generation, [2] client_id, [3] requested scope ('' = as granted),
 --       [4] now (Unix milliseconds), [5] reuse grace (milliseconds, 0 = none),
 --       [6] access TTL, [7] refresh TTL, [8] new access sha256, [9] new refresh sha256,
 --       [10] access jti, [11] refresh jti, [12] audiences (space separated),
---       [13] key root ('auth:')
+--       [13] key root ('auth:'), [14] rate-limit period (ms), [15] client limit,
+--       [16] IP limit (0 = none)
 -- Returns: {'ok', access scope, subject, session_id, family_id} or {error} with error one
 --   of 'stale' (client changed: re-read, retry), 'invalid' (unknown, expired, revoked or
 --   another client's), 'reused' (a rotated token came back: the family is revoked),
---   'invalid_scope' (wider than the grant), 'session_ended'
+--   'invalid_scope' (wider than the grant), 'session_ended', or
+--   {'limited', microseconds until a retry is admitted, refusing bucket}
 --
 -- Rotation on every use with reuse detection (RFC 9700 section 4.14.2): the presented
 -- token is marked rotated in the same step that issues its successor, so concurrent
@@ -18,8 +21,14 @@
 -- it never received is revoked and a fresh pair issued, so one family never has two
 -- live refresh tokens.
 -- include: _tokens.lua
+-- include: _gcra.lua
 if redis.call('HGET', KEYS[1], 'gen') ~= ARGV[1] then
   return { 'stale' }
+end
+local admitted, wait, refused_by = admit_token_request(KEYS[1], KEYS[3], KEYS[4], ARGV[14],
+  ARGV[15], ARGV[16])
+if not admitted then
+  return { 'limited', wait, refused_by }
 end
 local flat = redis.call('HGETALL', KEYS[2])
 if #flat == 0 then
