@@ -284,8 +284,8 @@ class FakeLimiter:
 async def test_token_throttle_raises_rate_limited_with_the_bucket() -> None:
     limiter = FakeLimiter(Admission(False, retry_after=2.5, limited_by="issue_ip"))
 
+    throttle = TokenEndpointThrottle(limiter, RateLimitPolicy())
     with pytest.raises(RateLimited) as refused:
-        throttle = TokenEndpointThrottle(limiter, RateLimitPolicy())
         await throttle.count_failure(throttle.limits("svc", "10.0.0.1"))
 
     assert (refused.value.retry_after, refused.value.metadata) == (2.5, {"bucket": "issue_ip"})
