@@ -34,6 +34,7 @@ from tokenservice.v1 import client_registry_pb2, client_registry_pb2_grpc
 from tokenservice_server.app import Application
 from tokenservice_server.config import load_settings
 from tokenservice_server.domain.credentials import CredentialKind, digest, new_credential
+from tokenservice_server.domain.rate_limiting import TokenRequestLimits
 from tokenservice_server.domain.tokens import TokenRecord
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -143,6 +144,7 @@ async def _store_token(
             subject=subject,
         ),
         client_generation=record.generation,
+        limits=TokenRequestLimits("", "", 60_000, 0, 0),  # unlimited: a test fixture
         ttl=900,
     )
     assert stored
