@@ -30,6 +30,7 @@ from tokenservice_server.config import (
 )
 from tokenservice_server.logging import get_logger
 from tokenservice_server.metrics import MetricsServer, ServerMetrics
+from tokenservice_server.redis_metrics import instrument_redis
 from tokenservice_server.storage.connection import RedisConnections, open_redis
 from tokenservice_server.transport.cache_service import CacheServiceServicer
 from tokenservice_server.transport.caller_auth import CallerAuthInterceptor
@@ -37,6 +38,8 @@ from tokenservice_server.transport.client_registry import ClientRegistryServicer
 from tokenservice_server.transport.ext_authz import AuthorizationServicer
 from tokenservice_server.transport.health import HealthMonitor
 from tokenservice_server.transport.interceptors import ObservabilityInterceptor
+from tokenservice_server.transport.mtls import ClientIdentityInterceptor
+from tokenservice_server.transport.server_tls import server_credentials
 from tokenservice_server.transport.token_service import TokenServiceServicer
 from tokenservice_server.transport.unimplemented import service_handler
 from tokenservice_server.wiring import Components, bootstrap_embedded_admin, build_components
@@ -83,14 +86,8 @@ class BoundAddresses:
 
 
 def _server_credentials(tls: ServerTlsSettings) -> grpc.ServerCredentials:
-    assert tls.cert_file is not None
-    assert tls.key_file is not None
-    root = tls.client_ca_file.read_bytes() if tls.client_ca_file else None
-    return grpc.ssl_server_credentials(
-        [(tls.key_file.read_bytes(), tls.cert_file.read_bytes())],
-        root_certificates=root,
-        require_client_auth=root is not None,
-    )
+    # Re-read from disk when the files change: renewals need no restart.
+    return server_credentials(tls)
 
 
 class Application:
@@ -126,6 +123,7 @@ class Application:
             self._redis = await self._stack.enter_async_context(
                 open_redis(settings.redis, log=_log)
             )
+            instrument_redis(self._redis, self.metrics)
             components = build_components(settings, self._redis)
             self.components = components
             # Closed before Redis (the stack unwinds in reverse): the last counts get written.
@@ -142,6 +140,11 @@ class Application:
             server = grpc.aio.server(
                 interceptors=[
                     ObservabilityInterceptor(self.metrics),
+                    *(
+                        [ClientIdentityInterceptor(settings.tls.allowed_client_identities)]
+                        if settings.tls.client_ca_file is not None
+                        else []
+                    ),
                     CallerAuthInterceptor(components.authenticator),
                 ],
                 options=_CHANNEL_OPTIONS,
@@ -158,8 +161,11 @@ class Application:
                     components.tokens.statistics,
                     components.token_throttle,
                     self.metrics,
+                    components.audit,
                 ),
-                "tokenservice.v1.ClientRegistry": ClientRegistryServicer(components.registry),
+                "tokenservice.v1.ClientRegistry": ClientRegistryServicer(
+                    components.registry, components.audit
+                ),
                 "tokenservice.v1.CacheService": CacheServiceServicer(
                     components.cache, self.metrics
                 ),

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from tokenservice_server import __version__
 from tokenservice_server.config import ENV_PREFIX, ConfigError, Settings, load_settings
+from tokenservice_server.jobs.arguments import add_operations as _add_operations
 from tokenservice_server.logging import configure_logging, get_logger
 
 __all__ = ["main"]
@@ -41,7 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     init = commands.add_parser(
-        "init", help="prepare Redis: bootstrap the admin client (idempotent)"
+        "init",
+        help="prepare Redis: config copies, data-model version, scripts, clients (idempotent)",
     )
     _add_common(init)
     init.add_argument(
@@ -50,6 +52,27 @@ def _parser() -> argparse.ArgumentParser:
         default=120.0,
         metavar="SECONDS",
         help="how long to wait for Redis before failing (default 120)",
+    )
+    audit = commands.add_parser("audit", help="show the newest audit-trail entries")
+    _add_common(audit)
+    audit.add_argument("--limit", type=int, default=50, metavar="N", help="entries (default 50)")
+    audit.add_argument("--json", action="store_true", help="one JSON object per line")
+    _add_operations(commands, _add_common)
+    doctor = commands.add_parser(
+        "doctor",
+        help="check Redis, replication, Sentinel, memory policy, scripts, jobs and clocks",
+    )
+    _add_common(doctor)
+    doctor.add_argument("--json", action="store_true", help="machine-readable report")
+    doctor.add_argument(
+        "--strict", action="store_true", help="exit 1 on warnings too, not only on failures"
+    )
+    doctor.add_argument(
+        "--timeout",
+        type=float,
+        default=3.0,
+        metavar="SECONDS",
+        help="how long each check may wait for an answer (default 3)",
     )
     return parser
 
@@ -117,6 +140,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             changes = _run(run_init(settings, wait_timeout=args.wait), settings)
             print(json.dumps(changes))
             return EXIT_OK
+        if args.command == "audit":
+            from tokenservice_server.jobs.audit import run_audit
+
+            return _run(run_audit(settings, limit=max(1, args.limit), as_json=args.json), settings)
+        if args.command in ("cleanup", "backup", "restore", "stats"):
+            from tokenservice_server.jobs.commands import run_operation
+
+            return _run(run_operation(args, settings), settings)
+        if args.command == "doctor":
+            from tokenservice_server.jobs.doctor import run_doctor_command
+
+            return _run(
+                run_doctor_command(
+                    settings,
+                    json_output=args.json,
+                    strict=args.strict,
+                    check_timeout=args.timeout,
+                ),
+                settings,
+            )
     except KeyboardInterrupt:
         return EXIT_OK
     except ConfigError as exc:

@@ -153,6 +153,11 @@ class ServerTlsSettings(_Strict):
     cert_file: Path | None = None
     key_file: Path | None = None
     client_ca_file: Path | None = Field(default=None, description="require client certs (mTLS)")
+    allowed_client_identities: list[str] = Field(
+        default_factory=list,
+        description="mTLS: client-certificate identities (CN or SAN) allowed; empty: any "
+        "certificate the client CA signed",
+    )
 
     @property
     def enabled(self) -> bool:
@@ -164,6 +169,8 @@ class ServerTlsSettings(_Strict):
             raise ValueError("cert_file and key_file must be given together")
         if self.client_ca_file is not None and self.cert_file is None:
             raise ValueError("client_ca_file needs cert_file and key_file")
+        if self.allowed_client_identities and self.client_ca_file is None:
+            raise ValueError("allowed_client_identities needs client_ca_file (mTLS)")
         return self
 
 
@@ -172,6 +179,16 @@ class AuthSettings(_Strict):
 
     secret_pepper: SecretStr | None = Field(
         default=None, description="HMAC key for client-secret hashes (32+ random bytes)"
+    )
+    previous_secret_peppers: list[SecretStr] = Field(
+        default_factory=list,
+        description="former peppers still accepted (rotation); hashes are upgraded on use",
+    )
+    clients_file: Path | None = Field(
+        default=None, description="YAML list of clients init creates or converges"
+    )
+    audit_max_entries: int = Field(
+        default=10_000, ge=100, le=10_000_000, description="length bound of the auth_audit stream"
     )
     access_token_ttl: int = Field(default=900, ge=1, le=86_400, description="seconds")
     refresh_token_ttl: int = Field(default=604_800, ge=60, le=31_536_000, description="seconds")
@@ -197,6 +214,14 @@ class AuthSettings(_Strict):
         if pepper is not None and len(pepper.get_secret_value()) < 32:
             raise ValueError("must be at least 32 characters")
         return pepper
+
+    @field_validator("previous_secret_peppers")
+    @classmethod
+    def _previous_lengths(cls, peppers: list[SecretStr]) -> list[SecretStr]:
+        for pepper in peppers:
+            if len(pepper.get_secret_value()) < 32:
+                raise ValueError("every pepper must be at least 32 characters")
+        return peppers
 
 
 class RateLimitSettings(_Strict):

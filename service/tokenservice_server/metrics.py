@@ -112,6 +112,53 @@ class ServerMetrics:
             ("namespace",),
             registry=self.registry,
         )
+        self.tokens_issued = Counter(
+            "tokenservice_tokens_issued_total",
+            "IssueToken requests by grant type and result (issued, or the error reason "
+            "in lower case, e.g. invalid_client, invalid_grant, rate_limited).",
+            ("grant", "result"),
+            registry=self.registry,
+        )
+        # Redis client instrumentation (storage/instrumented.py, bound in redis_metrics.py).
+        # ``db`` is the logical database (auth or cache); ``command`` is a command name the
+        # code issues (a bounded set), PIPELINE or MULTI for a batch.
+        self.redis_command_seconds = Histogram(
+            "tokenservice_redis_command_duration_seconds",
+            "Latency of Redis commands as the service sees them, retries included.",
+            ("db", "command"),
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.redis_command_errors = Counter(
+            "tokenservice_redis_command_errors_total",
+            "Redis commands that failed, by kind (connection, timeout, response, noscript, "
+            "other); a retried command that finally succeeded is not counted.",
+            ("db", "error"),
+            registry=self.registry,
+        )
+        self.redis_failovers = Counter(
+            "tokenservice_redis_failovers_total",
+            "Sentinel failovers observed: the master address Sentinel names changed.",
+            registry=self.registry,
+        )
+        self.redis_pool_connections = Gauge(
+            "tokenservice_redis_pool_connections",
+            "Connections of the Redis client pools by state (in_use, idle).",
+            ("db", "state"),
+            registry=self.registry,
+        )
+        self.redis_pool_max_connections = Gauge(
+            "tokenservice_redis_pool_max_connections",
+            "Size limit of the Redis client pools (redis.max_connections).",
+            ("db",),
+            registry=self.registry,
+        )
+        for db in ("auth", "cache"):
+            for error in ("connection", "timeout", "response", "noscript", "other"):
+                self.redis_command_errors.labels(db=db, error=error)
+        # The rate-limit buckets (storage/lua): exported at 0 from the start.
+        for bucket in ("ip", "client", "route", "issue_client", "issue_ip"):
+            self.rate_limited.labels(bucket=bucket)
         self.build_info = Gauge(
             "tokenservice_build_info",
             "Always 1; labels carry the running version.",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import secrets
@@ -11,6 +12,7 @@ from pathlib import Path
 
 from tokenservice_server.config import ConfigError, RedisTopology, Settings
 from tokenservice_server.domain.access_check import AccessChecker
+from tokenservice_server.domain.audit import AuditTrail
 from tokenservice_server.domain.authentication import BearerAuthenticator
 from tokenservice_server.domain.bootstrap import admin_client_spec
 from tokenservice_server.domain.cache import CacheService
@@ -29,6 +31,8 @@ from tokenservice_server.domain.rate_limiting import RateLimitPolicy, TokenEndpo
 from tokenservice_server.domain.revocation import Revoker
 from tokenservice_server.domain.sessions import SessionService
 from tokenservice_server.domain.stats_buffer import StatsBuffer
+from tokenservice_server.logging import get_logger
+from tokenservice_server.storage.audit_store import RedisAuditStore
 from tokenservice_server.storage.cache_store import RedisCacheStore
 from tokenservice_server.storage.client_store import RedisClientStore
 from tokenservice_server.storage.connection import RedisConnections
@@ -47,10 +51,12 @@ __all__ = [
     "Components",
     "bootstrap_embedded_admin",
     "build_components",
+    "previous_peppers",
     "resolve_pepper",
 ]
 
 ADMIN_CREDENTIALS_FILE = "admin-credentials.json"
+_log = get_logger("tokenservice.wiring")
 _PEPPER_FILE = "secret-pepper"
 
 
@@ -70,6 +76,7 @@ class Components:
     access_checker: AccessChecker  # Envoy ext_authz Check
     token_throttle: TokenEndpointThrottle  # IssueToken rate limits
     check_stats: StatsBuffer  # check counters, flushed to auth_stats in batches
+    audit: AuditTrail  # audit trail of admin actions (log + auth_audit stream)
 
 
 def _write_private(path: Path, content: str) -> None:
@@ -99,12 +106,48 @@ def resolve_pepper(settings: Settings) -> bytes:
     return path.read_text(encoding="utf-8").strip().encode("utf-8")
 
 
+def previous_peppers(settings: Settings) -> list[bytes]:
+    """Former peppers still accepted while client-secret hashes are upgraded."""
+    return [
+        pepper.get_secret_value().encode("utf-8")
+        for pepper in settings.auth.previous_secret_peppers
+    ]
+
+
+class _HashUpgrades:
+    """Re-hashes, in the background, secrets that verified under a previous pepper."""
+
+    def __init__(self, registry: ClientRegistryService) -> None:
+        self._registry = registry
+        self._pending: dict[str, asyncio.Task[None]] = {}
+
+    def __call__(self, client_id: str, stored_hash: str, secret: str) -> None:
+        if client_id in self._pending:
+            return  # one upgrade per client at a time
+        task = asyncio.get_running_loop().create_task(self._upgrade(client_id, stored_hash, secret))
+        self._pending[client_id] = task
+        task.add_done_callback(lambda _: self._pending.pop(client_id, None))
+
+    async def _upgrade(self, client_id: str, stored_hash: str, secret: str) -> None:
+        try:
+            upgraded = await self._registry.upgrade_secret_hash(client_id, stored_hash, secret)
+        except Exception as exc:  # opportunistic: the next authentication tries again
+            _log.warning(
+                "client_secret_rehash_failed", client_id=client_id, error=type(exc).__name__
+            )
+            return
+        if upgraded:
+            _log.info("client_secret_rehashed", client_id=client_id)
+
+
 def build_components(settings: Settings, redis: RedisConnections) -> Components:
     scripts = ScriptRegistry(redis.auth)
     clients = RedisClientStore(redis.auth, scripts)
     tokens = RedisTokenStore(redis.auth, scripts)
-    hasher = SecretHasher(resolve_pepper(settings))
+    hasher = SecretHasher(resolve_pepper(settings), previous_peppers(settings))
     directory = ClientDirectory(clients, settings.auth.client_cache_size)
+    registry = ClientRegistryService(clients, hasher, directory, time.time)
+    hasher.on_outdated = _HashUpgrades(registry)
     lifetimes = TokenLifetimes(
         access_token=settings.auth.access_token_ttl,
         refresh_token=settings.auth.refresh_token_ttl,
@@ -115,7 +158,7 @@ def build_components(settings: Settings, redis: RedisConnections) -> Components:
     policy = RateLimitPolicy(**limits.model_dump())
     check_stats = StatsBuffer(RedisStatsStore(redis.auth))
     return Components(
-        registry=ClientRegistryService(clients, hasher, directory, time.time),
+        registry=registry,
         client_credentials=ClientCredentialsGrant(directory, tokens, hasher, lifetimes, time.time),
         authorization_code=AuthorizationCodeGrant(
             directory,
@@ -148,6 +191,7 @@ def build_components(settings: Settings, redis: RedisConnections) -> Components:
         ),
         token_throttle=TokenEndpointThrottle(RedisRateLimitStore(scripts), policy),
         check_stats=check_stats,
+        audit=AuditTrail(RedisAuditStore(redis.auth, auth.audit_max_entries), time.time),
     )
 
 

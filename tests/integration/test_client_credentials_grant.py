@@ -381,7 +381,7 @@ _SCRIPT_COMMANDS = {
     "hset": 1,
     "sadd": 1,
     "ttl": 1,
-    "zadd": 1,
+    "zadd": 2,  # auth_token_cleanup and auth_index_cleanup (for the cleanup job)
     "hincrby": 1,
 }
 # Our own observer's INFO and the health probe's PING are not the token endpoint's.

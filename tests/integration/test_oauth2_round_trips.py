@@ -196,6 +196,9 @@ async def test_authorize_is_bearer_lookup_plus_one_script(warm: Flow, trips: Rou
         assert measured == [LOOKUP, ("evalsha:store_code",)]
 
 
+AUDIT = ("xadd",)  # the audit-trail entry of an administrative action
+
+
 async def test_session_rpcs_are_bearer_lookup_plus_one_round_trip(
     warm: Flow, trips: RoundTrips
 ) -> None:
@@ -214,7 +217,8 @@ async def test_session_rpcs_are_bearer_lookup_plus_one_round_trip(
     assert created == [LOOKUP, ("multi", "hset", "expire", "zadd", "exec")]
     assert got == [LOOKUP, ("hgetall",)]
     assert extended == [LOOKUP, ("evalsha:extend_session",)]
-    assert ended == [LOOKUP, ("evalsha:revoke_index",)]
+    # An admin's session end is audited: one XADD after the action (docs/security.md).
+    assert ended == [LOOKUP, ("evalsha:revoke_index",), AUDIT]
 
 
 async def test_operator_rpcs_are_bearer_lookup_plus_one_round_trip(
@@ -227,7 +231,7 @@ async def test_operator_rpcs_are_bearer_lookup_plus_one_round_trip(
         await warm.tokens.RevokeTokens(pb.RevokeTokensRequest(client_id="app-x"), metadata=meta)
     with trips.measure() as stats:
         await warm.stats()
-    assert by_subject == by_client == [LOOKUP, ("evalsha:revoke_index",)]
+    assert by_subject == by_client == [LOOKUP, ("evalsha:revoke_index",), AUDIT]
     assert stats == [LOOKUP, ("hgetall", "zcount", "zcount", "zcount")]
 
 

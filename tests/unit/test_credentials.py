@@ -158,3 +158,25 @@ def test_secret_hasher_is_keyed_by_the_pepper() -> None:
     assert two.verify(secret, one.hash(secret)) is False
     # Not a plain SHA-256 of the secret: a database copy alone cannot confirm a guess.
     assert one.hash(secret).removeprefix("hs256:") != digest(secret)
+
+
+# -- pepper rotation -----------------------------------------------------------------------
+
+
+def test_hasher_accepts_previous_peppers_and_tells_which_hashes_are_current() -> None:
+    from tokenservice_server.domain.credentials import SecretHasher
+
+    old, new = SecretHasher(b"a" * 32), SecretHasher(b"b" * 32, previous=[b"a" * 32])
+    secret = "tscs_example"
+    stored = old.hash(secret)
+    assert new.verify(secret, stored)
+    assert not new.is_current(secret, stored)
+    assert new.is_current(secret, new.hash(secret))
+    assert not new.verify("tscs_other", stored)
+    assert not SecretHasher(b"b" * 32).verify(secret, stored)
+    reported: list[tuple[str, str, str]] = []
+    new.on_outdated = lambda *args: reported.append(args)
+    new.check_current("c1", secret, new.hash(secret))
+    assert reported == []
+    new.check_current("c1", secret, stored)
+    assert reported == [("c1", stored, secret)]

@@ -38,6 +38,7 @@ def authenticate_client(
     if not secret or record.secret_hash is None:
         raise InvalidClient()
     if hasher.verify(secret, record.secret_hash):
+        hasher.check_current(record.client_id, secret, record.secret_hash)
         return record
     previous, until = record.previous_secret_hash, record.client.previous_secret_expire_time
     in_grace = previous is not None and until is not None and now < until

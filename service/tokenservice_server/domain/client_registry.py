@@ -186,12 +186,17 @@ class ClientRegistryService:
 
         return self._visible((await self._replace(client_id, change)).client)
 
-    async def bootstrap(self, client_id: str, spec: ClientSpec, secret: str) -> str:
+    async def bootstrap(self, client_id: str, spec: ClientSpec, secret: str | None) -> str:
         """Create or converge a client to ``spec`` with ``secret`` (idempotent, for init).
 
-        Returns "created", "updated" or "unchanged".
+        ``secret`` is None for a public client. A confidential client's hash is re-made
+        when it was made with a previous pepper. Returns "created", "updated" or
+        "unchanged".
         """
         spec = validate_spec(spec)
+        public = spec.client_type is ClientType.PUBLIC
+        if not public and not secret:
+            raise InvalidRequest("client_secret", "a confidential client needs a secret")
         current = await self._store.get(client_id)
         if current is None:
             try:
@@ -199,23 +204,54 @@ class ClientRegistryService:
             except AlreadyExists:
                 return await self.bootstrap(client_id, spec, secret)  # lost a race: converge
             return "created"
-        secret_ok = current.secret_hash is not None and self._hasher.verify(
-            secret, current.secret_hash
-        )
+        if public:
+            secret_ok = current.secret_hash is None and current.previous_secret_hash is None
+        else:
+            assert secret is not None
+            secret_ok = current.secret_hash is not None and self._hasher.is_current(
+                secret, current.secret_hash
+            )
         if secret_ok and current.spec == spec:
             return "unchanged"
 
         def change(record: ClientRecord) -> ClientRecord:
-            client = replace(record.client, spec=spec, update_time=self._clock())
+            client = replace(
+                record.client,
+                spec=spec,
+                update_time=self._clock(),
+                previous_secret_expire_time=None,
+            )
             return replace(
                 record,
                 client=client,
-                secret_hash=self._hasher.hash(secret),
+                secret_hash=None if secret is None or public else self._hasher.hash(secret),
                 previous_secret_hash=None,
             )
 
         await self._replace(client_id, change)
         return "updated"
+
+    async def upgrade_secret_hash(self, client_id: str, stored_hash: str, secret: str) -> bool:
+        """Re-hash a secret that verified under a previous pepper with the current one.
+
+        Only when the record still holds ``stored_hash`` (a concurrent rotation wins) and
+        ``secret`` still verifies against it. True when the record was rewritten.
+        """
+        current = await self._store.get(client_id)
+        if (
+            current is None
+            or current.secret_hash != stored_hash
+            or not self._hasher.verify(secret, stored_hash)
+            or self._hasher.is_current(secret, stored_hash)
+        ):
+            return False
+        updated = replace(
+            current, secret_hash=self._hasher.hash(secret), generation=current.generation + 1
+        )
+        if not await self._store.replace(updated, current.generation):
+            return False
+        self._directory.forget(client_id)
+        return True
 
     async def delete(self, client_id: str) -> int:
         validate_client_id(client_id)

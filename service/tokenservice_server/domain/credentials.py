@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import secrets
 import zlib
+from collections.abc import Callable, Sequence
 from enum import StrEnum
 
 __all__ = [
@@ -80,17 +81,49 @@ class SecretHasher:
     Client secrets are 256-bit random values, so a slow password hash adds nothing but
     CPU per client_credentials call (and bcrypt reads only 72 bytes). HMAC-SHA256 with a
     server-side pepper means a copy of the database alone cannot even confirm a guess.
+
+    The pepper can be rotated: :meth:`hash` always uses the current one, :meth:`verify`
+    also accepts hashes made with a previous one, and :meth:`is_current` tells a caller
+    that a verified hash should be re-made with the current pepper (see
+    ``docs/security.md``).
     """
 
     _PREFIX = "hs256:"
 
-    def __init__(self, pepper: bytes) -> None:
+    def __init__(self, pepper: bytes, previous: Sequence[bytes] = ()) -> None:
         self._pepper = pepper
+        self._previous = tuple(previous)
+        #: Called with (client_id, stored hash, secret) when a secret verified under a
+        #: previous pepper; the composition root sets it to an opportunistic re-hash.
+        self.on_outdated: Callable[[str, str, str], None] | None = None
 
-    def hash(self, secret: str) -> str:
-        mac = hmac.new(self._pepper, secret.encode("utf-8"), hashlib.sha256).hexdigest()
+    @property
+    def rotating(self) -> bool:
+        """Previous peppers are configured (hashes may need upgrading)."""
+        return bool(self._previous)
+
+    def _hash_with(self, pepper: bytes, secret: str) -> str:
+        mac = hmac.new(pepper, secret.encode("utf-8"), hashlib.sha256).hexdigest()
         return self._PREFIX + mac
 
-    def verify(self, secret: str, stored: str) -> bool:
-        """Constant-time comparison against a stored hash."""
+    def hash(self, secret: str) -> str:
+        return self._hash_with(self._pepper, secret)
+
+    def is_current(self, secret: str, stored: str) -> bool:
+        """``stored`` is the hash of ``secret`` under the current pepper (constant time)."""
         return hmac.compare_digest(self.hash(secret), stored)
+
+    def verify(self, secret: str, stored: str) -> bool:
+        """Constant-time comparison against a stored hash, under any accepted pepper.
+
+        Every pepper is tried, so the time taken does not tell which one matched.
+        """
+        matched = self.is_current(secret, stored)
+        for pepper in self._previous:
+            matched |= hmac.compare_digest(self._hash_with(pepper, secret), stored)
+        return matched
+
+    def check_current(self, client_id: str, secret: str, stored: str) -> None:
+        """After a successful :meth:`verify`: report a hash made with a previous pepper."""
+        if self._previous and self.on_outdated is not None and not self.is_current(secret, stored):
+            self.on_outdated(client_id, stored, secret)

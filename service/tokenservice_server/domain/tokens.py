@@ -67,6 +67,7 @@ class Caller:
     scopes: frozenset[str]
     subject: str = ""
     token_digest: str = ""
+    peer_identity: str = ""  # the mTLS client-certificate identity, when any
 
     def has_scope(self, scope: str) -> bool:
         return scope in self.scopes

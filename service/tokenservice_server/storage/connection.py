@@ -42,6 +42,7 @@ from redis.backoff import NoBackoff
 
 from tokenservice_server.config import RedisSettings, RedisTopology, parse_host_port
 from tokenservice_server.storage.embedded import EmbeddedValkey
+from tokenservice_server.storage.instrumented import FailoverObservingPool, InstrumentedRedis
 from tokenservice_server.storage.retry import default_retry
 from tokenservice_server.storage.sentinel import (
     FailoverAwareConnection,
@@ -251,7 +252,8 @@ def _sentinel_connections(settings: RedisSettings) -> RedisConnections:
         # Each master_for() builds its own pool: the separate auth and cache pools.
         client = sentinel.master_for(
             settings.master_name,
-            redis_class=Redis,
+            redis_class=InstrumentedRedis,
+            connection_pool_class=FailoverObservingPool,
             connection_class=connection_class,
             db=db,
             **common,
@@ -323,7 +325,7 @@ def _client_for(
 ) -> Redis:
     pool = ConnectionPool(connection_class=connection_class, **{**kwargs, "db": db})
     # from_pool: the client owns the pool and closes it in aclose().
-    return Redis.from_pool(pool)
+    return InstrumentedRedis.from_pool(pool)
 
 
 def _tls_in_use(settings: RedisSettings) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 __all__ = [
     "ACCESS_TOKEN_PREFIX",
+    "AUDIT_STREAM",
     "AUTH_ROOT",
     "AUTH_STATS",
     "BLACKLIST_PREFIX",
@@ -15,6 +16,7 @@ __all__ = [
     "CLIENT_PREFIX",
     "CODE_PREFIX",
     "FAMILY_PREFIX",
+    "INDEX_CLEANUP",
     "RATE_LIMIT_PREFIX",
     "REFRESH_CLEANUP",
     "REFRESH_TOKEN_PREFIX",
@@ -54,7 +56,12 @@ FAMILY_PREFIX = "auth:family:"  # set of token members of one grant (code + refr
 TOKEN_CLEANUP = "auth_token_cleanup"  # access tokens ('a:<sha256>')
 REFRESH_CLEANUP = "auth_refresh_token_cleanup"  # refresh tokens ('r:<sha256>')
 SESSION_CLEANUP = "auth_session_cleanup"  # sessions (session id)
+# Sorted set '<member>|<client>|<family>|<session>|<subject>' -> expiry (Unix seconds):
+# which index sets name a token, so the cleanup job can remove it from exactly those
+# once it expired. Revocation and rotation leave it alone (the sets still name the token).
+INDEX_CLEANUP = "auth_index_cleanup"
 AUTH_STATS = "auth_stats"
+AUDIT_STREAM = "auth_audit"  # bounded stream of administrative actions (audit trail)
 RATE_LIMIT_PREFIX = "auth:rate_limit:"  # GCRA buckets: auth:rate_limit:{scope}:{id}
 #: Scripts derive keys from records they read (a code's subject, a token's family);
 #: they get this root and append the suffixes above (standalone/Sentinel only, never

@@ -152,7 +152,8 @@ class RedisTokenStore:
     async def revoke_index(self, index_key: str) -> int:
         revoked = await self._scripts.call(
             "revoke_index",
-            keys=[index_key, "", keys.SESSION_CLEANUP],
+            # No key to delete with the index: the root stands for none (ACL-safe).
+            keys=[index_key, keys.AUTH_ROOT, keys.SESSION_CLEANUP],
             args=[keys.AUTH_ROOT, ""],
         )
         return max(0, int(revoked))

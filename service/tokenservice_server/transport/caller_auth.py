@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextvars
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, cast
 
 import grpc
@@ -23,6 +23,7 @@ from tokenservice_server.domain import scopes
 from tokenservice_server.domain.authentication import BearerAuthenticator
 from tokenservice_server.domain.errors import PermissionDenied, Unauthenticated
 from tokenservice_server.domain.tokens import Caller
+from tokenservice_server.transport.mtls import current_peer_identity
 
 __all__ = ["CallerAuthInterceptor", "Policy", "current_caller", "optional_caller", "policy_for"]
 
@@ -129,6 +130,9 @@ class CallerAuthInterceptor(grpc.aio.ServerInterceptor):
             caller = None
             if authorization is not None or policy.needs_caller:
                 caller = await authenticator.resolve(authorization)
+                identity = current_peer_identity()
+                if identity:
+                    caller = replace(caller, peer_identity=identity)
                 structlog.contextvars.bind_contextvars(client_id=caller.client_id)
                 if policy.scope is not None and not caller.has_scope(policy.scope):
                     raise PermissionDenied(f"this RPC requires scope {policy.scope}")

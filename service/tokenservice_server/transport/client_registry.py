@@ -10,9 +10,11 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from tokenservice.v1 import client_registry_pb2 as pb
 from tokenservice.v1 import token_service_pb2 as token_pb
-from tokenservice_server.domain.client_registry import ClientRegistryService
+from tokenservice_server.domain.audit import AuditTrail
+from tokenservice_server.domain.client_registry import ClientRegistryService, IssuedSecret
 from tokenservice_server.domain.clients import Client, ClientSpec, ClientType, GrantType
 from tokenservice_server.domain.errors import InvalidRequest
+from tokenservice_server.transport.audit import audited
 
 __all__ = ["ClientRegistryServicer", "client_to_proto", "spec_from_proto"]
 
@@ -92,16 +94,27 @@ def client_to_proto(client: Client) -> pb.Client:
 
 
 class ClientRegistryServicer:
-    def __init__(self, registry: ClientRegistryService) -> None:
+    def __init__(self, registry: ClientRegistryService, audit: AuditTrail | None = None) -> None:
         self._registry = registry
+        self._audit = audit
 
     async def CreateClient(
         self, request: pb.CreateClientRequest, context: Context
     ) -> pb.CreateClientResponse:
-        if not request.HasField("client"):
-            raise InvalidRequest("client", "required")
-        issued = await self._registry.create(
-            spec_from_proto(request.client), request.client.client_id
+        async def create() -> IssuedSecret:
+            if not request.HasField("client"):
+                raise InvalidRequest("client", "required")
+            return await self._registry.create(
+                spec_from_proto(request.client), request.client.client_id
+            )
+
+        issued = await audited(
+            self._audit,
+            context,
+            "client.create",
+            f"client:{request.client.client_id}",
+            create,
+            target_of=lambda issued: f"client:{issued.client.client_id}",
         )
         return pb.CreateClientResponse(
             client=client_to_proto(issued.client), client_secret=issued.secret or ""
@@ -126,32 +139,55 @@ class ClientRegistryServicer:
     async def UpdateClient(
         self, request: pb.UpdateClientRequest, context: Context
     ) -> pb.UpdateClientResponse:
-        if not request.HasField("client"):
-            raise InvalidRequest("client", "required")
-        requested = list(request.update_mask.paths)
-        if requested == ["*"]:
-            # AIP-134 full replacement: every updatable field ("*" must stand alone).
-            requested = list(_MASK_PATHS)
-        paths = []
-        for path in requested:
-            if path not in _MASK_PATHS:
-                raise InvalidRequest("update_mask", f"cannot update {path!r}")
-            paths.append(_MASK_PATHS[path])
-        spec = spec_from_proto(request.client, require_type=False)
-        client = await self._registry.update(request.client.client_id, spec, paths)
+        async def update() -> Client:
+            if not request.HasField("client"):
+                raise InvalidRequest("client", "required")
+            requested = list(request.update_mask.paths)
+            if requested == ["*"]:
+                # AIP-134 full replacement: every updatable field ("*" must stand alone).
+                requested = list(_MASK_PATHS)
+            paths = []
+            for path in requested:
+                if path not in _MASK_PATHS:
+                    raise InvalidRequest("update_mask", f"cannot update {path!r}")
+                paths.append(_MASK_PATHS[path])
+            spec = spec_from_proto(request.client, require_type=False)
+            return await self._registry.update(request.client.client_id, spec, paths)
+
+        client = await audited(
+            self._audit,
+            context,
+            "client.update",
+            f"client:{request.client.client_id}",
+            update,
+            detail=lambda _: {"fields": ",".join(request.update_mask.paths)},
+        )
         return pb.UpdateClientResponse(client=client_to_proto(client))
 
     async def DeleteClient(
         self, request: pb.DeleteClientRequest, context: Context
     ) -> pb.DeleteClientResponse:
-        revoked = await self._registry.delete(request.client_id)
+        revoked = await audited(
+            self._audit,
+            context,
+            "client.delete",
+            f"client:{request.client_id}",
+            lambda: self._registry.delete(request.client_id),
+            detail=lambda count: {"revoked_token_count": str(count)},
+        )
         return pb.DeleteClientResponse(revoked_token_count=revoked)
 
     async def RotateClientSecret(
         self, request: pb.RotateClientSecretRequest, context: Context
     ) -> pb.RotateClientSecretResponse:
-        issued = await self._registry.rotate_secret(
-            request.client_id, request.previous_secret_grace_seconds
+        grace = request.previous_secret_grace_seconds
+        issued = await audited(
+            self._audit,
+            context,
+            "client.rotate_secret",
+            f"client:{request.client_id}",
+            lambda: self._registry.rotate_secret(request.client_id, grace),
+            detail=lambda _: {"previous_secret_grace_seconds": str(grace)},
         )
         return pb.RotateClientSecretResponse(
             client_secret=issued.secret or "", client=client_to_proto(issued.client)

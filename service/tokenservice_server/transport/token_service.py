@@ -14,6 +14,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from tokenservice.v1 import token_service_pb2 as pb
+from tokenservice_server.domain.audit import AuditTrail
 from tokenservice_server.domain.errors import (
     DomainError,
     InvalidRequest,
@@ -37,6 +38,7 @@ from tokenservice_server.domain.scopes import format_scope
 from tokenservice_server.domain.sessions import SessionService
 from tokenservice_server.domain.tokens import Session, TokenKind
 from tokenservice_server.metrics import ServerMetrics
+from tokenservice_server.transport.audit import audited
 from tokenservice_server.transport.caller_auth import current_caller, optional_caller
 from tokenservice_server.transport.peers import peer_ip
 
@@ -58,6 +60,11 @@ _CHALLENGE_METHODS = {
     pb.CODE_CHALLENGE_METHOD_UNSPECIFIED: None,
     pb.CODE_CHALLENGE_METHOD_S256: ChallengeMethod.S256,
     pb.CODE_CHALLENGE_METHOD_PLAIN: ChallengeMethod.PLAIN,
+}
+_GRANT_LABELS = {
+    pb.GRANT_TYPE_CLIENT_CREDENTIALS: "client_credentials",
+    pb.GRANT_TYPE_AUTHORIZATION_CODE: "authorization_code",
+    pb.GRANT_TYPE_REFRESH_TOKEN: "refresh_token",
 }
 _KINDS = {
     TokenKind.ACCESS: pb.TOKEN_KIND_ACCESS_TOKEN,
@@ -113,7 +120,9 @@ class TokenServiceServicer:
         statistics: Any,
         throttle: TokenEndpointThrottle,
         metrics: ServerMetrics,
+        audit: AuditTrail | None = None,
     ) -> None:
+        self._audit = audit
         self._throttle = throttle
         self._metrics = metrics
         self._client_credentials = client_credentials
@@ -130,12 +139,15 @@ class TokenServiceServicer:
         # Limits are counted inside the grant's storage step (one round trip); a request
         # that fails before reaching storage is counted here, so failures are limited too.
         limits = self._throttle.limits(request.client_id, peer_ip(context.peer()))
+        grant = _GRANT_LABELS.get(request.grant_type, "unsupported")
         try:
             issued = await self._issue(request, limits)
         except RateLimited as refusal:
             self._metrics.rate_limited.labels(bucket=refusal.limited_by).inc()
+            self._metrics.tokens_issued.labels(grant=grant, result="rate_limited").inc()
             raise
         except DomainError as failure:
+            self._metrics.tokens_issued.labels(grant=grant, result=failure.reason.lower()).inc()
             if not failure.attempt_counted:
                 try:
                     await self._throttle.count_failure(limits)
@@ -143,6 +155,10 @@ class TokenServiceServicer:
                     self._metrics.rate_limited.labels(bucket=refusal.limited_by).inc()
                     raise
             raise
+        except Exception:
+            self._metrics.tokens_issued.labels(grant=grant, result="error").inc()
+            raise
+        self._metrics.tokens_issued.labels(grant=grant, result="issued").inc()
         return _token_response(issued)
 
     async def _issue(
@@ -262,21 +278,38 @@ class TokenServiceServicer:
     async def EndSession(
         self, request: pb.EndSessionRequest, context: Context
     ) -> pb.EndSessionResponse:
-        return pb.EndSessionResponse(
-            revoked_token_count=await self._sessions.end(request.session_id)
+        revoked = await audited(
+            self._audit,
+            context,
+            "session.end",
+            f"session:{request.session_id}",
+            lambda: self._sessions.end(request.session_id),
+            detail=lambda count: {"revoked_token_count": str(count)},
         )
+        return pb.EndSessionResponse(revoked_token_count=revoked)
 
     async def RevokeTokens(
         self, request: pb.RevokeTokensRequest, context: Context
     ) -> pb.RevokeTokensResponse:
         current_caller()  # admin scope is enforced by the interceptor
         selector = request.WhichOneof("selector")
-        if selector == "subject":
-            revoked = await self._revoker.revoke_subject(request.subject)
-        elif selector == "client_id":
-            revoked = await self._revoker.revoke_client(request.client_id)
-        else:
+
+        async def revoke() -> int:
+            if selector == "subject":
+                return await self._revoker.revoke_subject(request.subject)
+            if selector == "client_id":
+                return await self._revoker.revoke_client(request.client_id)
             raise InvalidRequest("selector", "give subject or client_id")
+
+        target = f"{selector}:{getattr(request, selector)}" if selector else ""
+        revoked = await audited(
+            self._audit,
+            context,
+            "tokens.revoke",
+            target.replace("client_id:", "client:"),
+            revoke,
+            detail=lambda count: {"revoked_token_count": str(count)},
+        )
         return pb.RevokeTokensResponse(revoked_token_count=revoked)
 
     async def GetTokenStats(

@@ -7,6 +7,12 @@
 -- 'r' (refresh token). Revoking deletes the record, removes the member from its cleanup
 -- set and leaves a blacklist marker 'auth:blacklist:<sha256>' until the token's natural
 -- expiry, so a revoked token never becomes valid again, even from a stale record copy.
+--
+-- Every stored token also gets an entry in 'auth_index_cleanup' (score: its expiry),
+-- '<member>|<client>|<family>|<session>|<subject>' (empty parts for indexes it is not in;
+-- the subject last, as it may contain '|'). Revocation and rotation leave it alone, so the
+-- cleanup job (cleanup_tokens.lua) can remove the member from exactly the index sets
+-- that still name it once the token has expired, without reading the expired record.
 
 local KINDS = {
   a = { record = 'access_token:', cleanup = 'auth_token_cleanup', stat = 'access_tokens_revoked' },
@@ -74,6 +80,9 @@ local function store_token(root, kind, digest, fields, ttl, expires_at, client_i
   redis.call('HSET', key, unpack(fields))
   redis.call('EXPIRE', key, ttl)
   redis.call('ZADD', KINDS[kind].cleanup, expires_at, member)
+  -- Where the member is indexed, for the cleanup job once the record has expired.
+  redis.call('ZADD', 'auth_index_cleanup', expires_at,
+    member .. '|' .. client_id .. '|' .. family .. '|' .. session .. '|' .. subject)
   index_member(root .. 'client_tokens:' .. client_id, member, ttl)
   if family ~= '' then
     index_member(root .. 'family:' .. family, member, ttl)

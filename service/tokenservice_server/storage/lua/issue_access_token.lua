@@ -12,7 +12,8 @@
 -- Checking the generation here makes a secret rotation, scope change or deletion
 -- effective for the very next request on every server, with no extra round trip.
 -- (client_credentials tokens have no family, subject or session, so only the client
--- index applies; see _tokens.lua store_token for the general case.)
+-- index applies; see _tokens.lua store_token for the general case, and for the
+-- 'auth_index_cleanup' entry written here too.)
 -- include: _gcra.lua
 if redis.call('HGET', KEYS[1], 'gen') ~= ARGV[1] then
   return 0
@@ -30,5 +31,8 @@ if redis.call('TTL', KEYS[3]) < ttl then
   redis.call('EXPIRE', KEYS[3], ttl)
 end
 redis.call('ZADD', KEYS[4], ARGV[3], ARGV[4])
+-- Where it is indexed, for the cleanup job (see _tokens.lua): the client index only.
+redis.call('ZADD', 'auth_index_cleanup', ARGV[3],
+  ARGV[4] .. '|' .. string.match(KEYS[3], '([^:]*)$') .. '|||')
 redis.call('HINCRBY', KEYS[5], 'access_tokens_issued', 1)
 return 1

@@ -1,0 +1,121 @@
+"""Redis clients that report command latency, errors and Sentinel failovers.
+
+The storage layer stays free of Prometheus: a client reports to a :class:`CommandObserver`
+(set after the connections are built, see ``redis_metrics.py``), and a Sentinel pool calls
+``on_master_change`` when the master address Sentinel names changes. With no observer set
+the overhead is one attribute read per command.
+
+Timing wraps ``execute_command`` (single commands and EVALSHA) and ``Pipeline.execute``
+(a whole batch, labelled PIPELINE or MULTI), so a measurement includes the client's
+retries: it is the latency the service sees, not the server's.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+from redis.asyncio.sentinel import SentinelConnectionPool
+from redis.exceptions import ConnectionError, NoScriptError, ResponseError, TimeoutError
+
+__all__ = [
+    "CommandObserver",
+    "FailoverObservingPool",
+    "InstrumentedRedis",
+    "error_kind",
+]
+
+#: Distinct command labels per observer; anything past it is reported as OTHER, so a bug
+#: that sends odd command names cannot grow the label set without bound.
+MAX_COMMAND_LABELS = 64
+
+
+class CommandObserver(Protocol):
+    def observe(self, command: str, seconds: float) -> None: ...
+
+    def failed(self, command: str, error: Exception, seconds: float) -> None: ...
+
+
+def error_kind(error: Exception) -> str:
+    """A bounded label for a failed command."""
+    if isinstance(error, TimeoutError):
+        return "timeout"
+    if isinstance(error, ConnectionError):
+        return "connection"
+    if isinstance(error, NoScriptError):
+        return "noscript"
+    if isinstance(error, ResponseError):
+        return "response"
+    return "other"
+
+
+def _command_name(args: tuple[Any, ...]) -> str:
+    if not args:
+        return "OTHER"
+    name = args[0]
+    if isinstance(name, bytes):
+        name = name.decode("ascii", "replace")
+    return str(name).upper()
+
+
+class InstrumentedRedis(Redis):
+    """``redis.asyncio.Redis`` reporting every command and pipeline to ``observer``."""
+
+    observer: CommandObserver | None = None
+
+    async def execute_command(self, *args: Any, **options: Any) -> Any:
+        observer = self.observer
+        if observer is None:
+            return await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
+        started = time.perf_counter()
+        try:
+            result = await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
+        except Exception as error:
+            observer.failed(_command_name(args), error, time.perf_counter() - started)
+            raise
+        observer.observe(_command_name(args), time.perf_counter() - started)
+        return result
+
+    def pipeline(self, transaction: bool = True, shard_hint: str | None = None) -> Pipeline:
+        pipe = InstrumentedPipeline(
+            self.connection_pool, self.response_callbacks, transaction, shard_hint
+        )
+        pipe.observer = self.observer
+        return pipe
+
+
+class InstrumentedPipeline(Pipeline):
+    """A pipeline timed as one operation (PIPELINE, or MULTI for a transaction)."""
+
+    observer: CommandObserver | None = None
+
+    async def execute(self, raise_on_error: bool = True) -> list[Any]:
+        observer = self.observer
+        if observer is None or not self.command_stack:
+            return await super().execute(raise_on_error)
+        name = "MULTI" if self.is_transaction or self.explicit_transaction else "PIPELINE"
+        started = time.perf_counter()
+        try:
+            result = await super().execute(raise_on_error)
+        except Exception as error:
+            observer.failed(name, error, time.perf_counter() - started)
+            raise
+        observer.observe(name, time.perf_counter() - started)
+        return result
+
+
+class FailoverObservingPool(SentinelConnectionPool):
+    """A Sentinel master pool that reports when the master address changes."""
+
+    on_master_change: Callable[[tuple[str, int], tuple[str, int]], None] | None = None
+
+    async def get_master_address(self) -> tuple[str, int]:
+        previous = self.master_address
+        address: tuple[str, int] = await super().get_master_address()  # type: ignore[no-untyped-call]
+        hook = self.on_master_change
+        if hook is not None and self.is_master and previous is not None and address != previous:
+            hook(tuple(previous), tuple(address))  # type: ignore[arg-type]
+        return address

@@ -1,0 +1,73 @@
+"""Runs an administrative RPC body and records it in the audit trail, whatever its outcome.
+
+Who comes from the caller-authorization layer (the bearer token's client id) and the mTLS
+layer (the client-certificate identity), the request id from the RPC's log context.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
+
+import grpc
+import structlog
+
+from tokenservice_server.domain.audit import AuditEvent, AuditTrail
+from tokenservice_server.domain.errors import DomainError
+from tokenservice_server.transport.caller_auth import optional_caller
+from tokenservice_server.transport.mtls import current_peer_identity
+
+__all__ = ["audited"]
+
+T = TypeVar("T")
+
+
+async def audited(
+    trail: AuditTrail | None,
+    context: grpc.aio.ServicerContext[Any, Any],
+    action: str,
+    target: str,
+    body: Callable[[], Awaitable[T]],
+    *,
+    detail: Callable[[T], Mapping[str, str]] | None = None,
+    target_of: Callable[[T], str] | None = None,
+) -> T:
+    """``await body()``, then record ``action`` on ``target`` as "ok" or "failed"."""
+    if trail is None:
+        return await body()
+    caller = optional_caller()
+    request_id = structlog.contextvars.get_contextvars().get("request_id", "")
+
+    def event(outcome: str, reason: str = "", **extra: Any) -> AuditEvent:
+        return AuditEvent(
+            action=action,
+            target=extra.pop("target", target),
+            outcome=outcome,
+            time=trail.clock(),
+            actor=caller.client_id if caller is not None else "",
+            actor_identity=(caller.peer_identity if caller is not None else "")
+            or current_peer_identity(),
+            peer=str(context.peer() or ""),
+            request_id=str(request_id),
+            reason=reason,
+            detail=extra.pop("detail", {}),
+        )
+
+    try:
+        result = await body()
+    except DomainError as exc:
+        await trail.record(event("failed", exc.reason))
+        raise
+    except grpc.aio.AbortError:
+        await trail.record(event("failed", "ABORTED_BY_SERVER"))
+        raise
+    except Exception as exc:
+        await trail.record(event("failed", type(exc).__name__))
+        raise
+    extra: dict[str, Any] = {}
+    if detail is not None:
+        extra["detail"] = dict(detail(result))
+    if target_of is not None:
+        extra["target"] = target_of(result)
+    await trail.record(event("ok", **extra))
+    return result
