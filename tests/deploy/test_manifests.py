@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -355,12 +356,11 @@ def test_jobs_are_bounded_and_never_overlap(overlay: str) -> None:
     assert crons["tokenservice-cleanup-tokens"]["schedule"] == "*/5 * * * *"
     assert crons["tokenservice-cleanup-cache"]["schedule"] == "*/10 * * * *"
     commands = {
-        name: spec["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"][:2]
+        name: spec["jobTemplate"]["spec"]["template"]["spec"]["containers"][0].get("args", [])[:2]
         for name, spec in crons.items()
     }
     assert commands["tokenservice-cleanup-tokens"] == ["cleanup", "tokens"]
     assert commands["tokenservice-cleanup-cache"] == ["cleanup", "cache"]
-    assert commands["tokenservice-backup"][0] == "backup"
     for name, spec in crons.items():
         assert spec["concurrencyPolicy"] == "Forbid", name
         assert spec["startingDeadlineSeconds"] > 0, name
@@ -370,6 +370,9 @@ def test_jobs_are_bounded_and_never_overlap(overlay: str) -> None:
         assert job["activeDeadlineSeconds"] > 0, name
         assert job["backoffLimit"] <= 3, name
     backup = crons["tokenservice-backup"]["jobTemplate"]["spec"]["template"]["spec"]
+    script = backup["containers"][0]["command"][-1]
+    assert "exec tokenservice backup --db both" in script
+    assert '--output "/backups/tokenservice-' in script
     claims = [
         v["persistentVolumeClaim"]["claimName"]
         for v in backup["volumes"]
@@ -409,3 +412,21 @@ def test_argocd_points_at_the_overlays() -> None:
     template_path = appset["spec"]["template"]["spec"]["source"]["path"]
     for env in envs:
         assert (ROOT / template_path.replace("{{.env}}", env)).is_dir()
+
+
+def test_job_commands_parse_with_the_real_cli() -> None:
+    """The CronJobs and the init Job call commands and flags the CLI has."""
+    from tokenservice_server.cli import _parser
+
+    objects = render("production")
+    invocations = []
+    for workload in [*find(objects, "CronJob"), *find(objects, "Job")]:
+        (container,) = pod_template(workload)["spec"]["containers"]
+        if "args" in container:
+            invocations.append(container["args"])
+        else:
+            script = container["command"][-1]
+            invocations.append(shlex.split(script.split("exec tokenservice ", 1)[1]))
+    assert len(invocations) == 4
+    for argv in invocations:
+        _parser().parse_args(argv)  # exits (SystemExit 2) on an unknown command or flag
