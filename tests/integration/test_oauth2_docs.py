@@ -3,16 +3,13 @@ shell, against `tokenservice serve` on its embedded Valkey (what `make run` star
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import re
-import signal
 import subprocess
 from pathlib import Path
 
-from tests.helpers import free_port, tool
-from tests.integration.test_cli_serve import _wait_serving
+from tests.harness.docs_runner import run_against_serve
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "oauth2.md"
 BLOCKS = (
@@ -70,44 +67,9 @@ def test_the_openssl_alternative_computes_the_same_challenge() -> None:
 
 
 async def test_the_grant_flows_run_as_written(tmp_path: Path) -> None:
-    grpc_port = free_port()
-    data_dir = tmp_path / "var"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENSERVICE_")}
-    server = await asyncio.create_subprocess_exec(
-        tool("tokenservice"),
-        "serve",
-        "--listen",
-        f"127.0.0.1:{grpc_port}",
-        "--metrics-listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        str(data_dir),
-        env=env,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    try:
-        await _wait_serving(f"127.0.0.1:{grpc_port}", timeout=30)
-        script = "set -euo pipefail\n" + "".join(body for _, body in _blocks())
-        shell = await asyncio.create_subprocess_exec(
-            "bash",
-            "-c",
-            script,
-            env={
-                **env,
-                "ADDR": f"127.0.0.1:{grpc_port}",
-                "CREDS": str(data_dir / "admin-credentials.json"),
-                "GRPCURL": tool("grpcurl"),
-            },
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        out, err = await asyncio.wait_for(shell.communicate(), timeout=60)
-    finally:
-        server.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(server.wait(), timeout=30)
-    output = out.decode()
-    assert shell.returncode == 0, err.decode() + output
+    result = await run_against_serve("".join(body for _, body in _blocks()), tmp_path / "var")
+    output = result.output
+    assert result.returncode == 0, result.errors + output
     objects = _json_objects(output)
 
     authorized, tokens, rotated = objects[0], objects[1], objects[2]

@@ -3,59 +3,20 @@ against `tokenservice serve` on its embedded Valkey (what `make run` starts)."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import os
 import re
-import signal
 from pathlib import Path
 
-from tests.helpers import free_port, tool
-from tests.integration.test_cli_serve import _wait_serving
+from tests.harness.docs_runner import run_against_serve
 from tests.integration.test_readme_quickstart import README, _block
 
 README_TEXT = README.read_text(encoding="utf-8")
 
 
 async def test_readme_cache_walkthrough_runs_as_written(tmp_path: Path) -> None:
-    grpc_port = free_port()
-    data_dir = tmp_path / "var"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENSERVICE_")}
-    server = await asyncio.create_subprocess_exec(
-        tool("tokenservice"),
-        "serve",
-        "--listen",
-        f"127.0.0.1:{grpc_port}",
-        "--metrics-listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        str(data_dir),
-        env=env,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    try:
-        await _wait_serving(f"127.0.0.1:{grpc_port}", timeout=30)
-        script = "set -euo pipefail\n" + _block("quickstart") + _block("cache")
-        shell = await asyncio.create_subprocess_exec(
-            "bash",
-            "-c",
-            script,
-            env={
-                **env,
-                "ADDR": f"127.0.0.1:{grpc_port}",
-                "CREDS": str(data_dir / "admin-credentials.json"),
-                "GRPCURL": tool("grpcurl"),
-            },
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        out, err = await asyncio.wait_for(shell.communicate(), timeout=60)
-    finally:
-        server.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(server.wait(), timeout=30)
-    output = out.decode()
-    assert shell.returncode == 0, err.decode() + output
+    result = await run_against_serve(_block("quickstart") + _block("cache"), tmp_path / "var")
+    output = result.output
+    assert result.returncode == 0, result.errors + output
     popular = base64.b64encode(b"[42,7,19]").decode()
     assert f'"value": "{popular}",\n  "remaining_ttl_seconds": 300' in output
     assert "\n[42,7,19]\n" in output  # the value decoded

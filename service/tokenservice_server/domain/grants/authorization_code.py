@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from tokenservice_server.domain.authentication import authenticate_client
-from tokenservice_server.domain.client_attempts import STALE, Settled, with_current_client
+from tokenservice_server.domain.client_attempts import STALE, with_current_client
 from tokenservice_server.domain.client_directory import ClientDirectory
 from tokenservice_server.domain.clients import ClientRecord, ClientType, GrantType
 from tokenservice_server.domain.clients import is_loopback_host as _is_loopback
@@ -33,7 +33,7 @@ from tokenservice_server.domain.grants.client_credentials import (
     TokenLifetimes,
     resolve_scope,
 )
-from tokenservice_server.domain.grants.issuance import plan_token_pair
+from tokenservice_server.domain.grants.issuance import plan_token_pair, settle
 from tokenservice_server.domain.pkce import (
     ChallengeMethod,
     s256,
@@ -41,7 +41,7 @@ from tokenservice_server.domain.pkce import (
     validate_verifier,
 )
 from tokenservice_server.domain.ports import GrantStore
-from tokenservice_server.domain.rate_limiting import TokenRequestLimits, rate_limited
+from tokenservice_server.domain.rate_limiting import TokenRequestLimits
 from tokenservice_server.domain.tokens import AuthorizationCode
 
 __all__ = ["AuthorizationCodeGrant", "AuthorizeRequest", "IssuedCode", "redirect_uri_matches"]
@@ -225,13 +225,6 @@ class AuthorizationCodeGrant:
                 audiences=client.spec.audiences,
                 limits=limits,
             )
-            if result.status == "stale":
-                return STALE
-            if result.status == "limited":
-                raise Settled(rate_limited(result))
-            if result.status != "ok":
-                failure = InvalidGrant(_FAILURES.get(result.status, "invalid grant"), field="code")
-                raise Settled(failure)
-            return pair.issued(result)
+            return settle(pair, result, _FAILURES, field="code")
 
         return await with_current_client(self._directory, client_id, attempt)

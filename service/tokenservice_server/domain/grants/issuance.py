@@ -4,15 +4,19 @@ to the client only once that step succeeded."""
 from __future__ import annotations
 
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 
+from tokenservice_server.domain.client_attempts import Settled
 from tokenservice_server.domain.clients import ClientRecord
 from tokenservice_server.domain.credentials import CredentialKind, digest, new_credential
+from tokenservice_server.domain.errors import InvalidGrant, InvalidScope
 from tokenservice_server.domain.grants.client_credentials import IssuedTokens, TokenLifetimes
+from tokenservice_server.domain.rate_limiting import rate_limited
 from tokenservice_server.domain.scopes import parse_scope
 from tokenservice_server.domain.tokens import GrantResult
 
-__all__ = ["TokenPair", "plan_token_pair"]
+__all__ = ["TokenPair", "plan_token_pair", "settle"]
 
 # (sha256 of the token, jti, TTL seconds): what storage needs to store a token.
 StoredToken = tuple[str, str, int]
@@ -55,3 +59,22 @@ def plan_token_pair(client: ClientRecord, lifetimes: TokenLifetimes, *, refresh:
         refresh_token=new_credential(CredentialKind.REFRESH_TOKEN) if refresh else "",
         refresh_ttl=client.spec.refresh_token_ttl or lifetimes.refresh_token,
     )
+
+
+def settle(
+    pair: TokenPair, result: GrantResult, failures: Mapping[str, str], *, field: str
+) -> IssuedTokens | None:
+    """What a grant script's answer means: the issued tokens, None when the client record
+    was stale (re-read and retry), or a final failure decided by the script (which has
+    already counted the request against the rate limits)."""
+    if result.status == "stale":
+        return None
+    if result.status == "limited":
+        raise Settled(rate_limited(result))
+    if result.status == "invalid_scope":
+        raise Settled(
+            InvalidScope("scope wider than the original grant (RFC 6749 section 6)", field="scope")
+        )
+    if result.status != "ok":
+        raise Settled(InvalidGrant(failures.get(result.status, "invalid grant"), field=field))
+    return pair.issued(result)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from tokenservice_server.domain.authentication import authenticate_client
-from tokenservice_server.domain.client_attempts import STALE, Settled, with_current_client
+from tokenservice_server.domain.client_attempts import with_current_client
 from tokenservice_server.domain.client_directory import ClientDirectory
 from tokenservice_server.domain.clients import ClientRecord, GrantType
 from tokenservice_server.domain.credentials import (
@@ -24,13 +24,12 @@ from tokenservice_server.domain.credentials import (
 from tokenservice_server.domain.errors import (
     InvalidGrant,
     InvalidRequest,
-    InvalidScope,
     UnauthorizedClient,
 )
 from tokenservice_server.domain.grants.client_credentials import IssuedTokens, TokenLifetimes
-from tokenservice_server.domain.grants.issuance import plan_token_pair
+from tokenservice_server.domain.grants.issuance import plan_token_pair, settle
 from tokenservice_server.domain.ports import GrantStore
-from tokenservice_server.domain.rate_limiting import TokenRequestLimits, rate_limited
+from tokenservice_server.domain.rate_limiting import TokenRequestLimits
 from tokenservice_server.domain.scopes import format_scope, parse_scope
 
 __all__ = ["RefreshTokenGrant"]
@@ -93,22 +92,6 @@ class RefreshTokenGrant:
                 audiences=client.spec.audiences,
                 limits=limits,
             )
-            if result.status == "stale":
-                return STALE
-            if result.status == "limited":
-                raise Settled(rate_limited(result))
-            if result.status == "invalid_scope":
-                raise Settled(
-                    InvalidScope(
-                        "scope wider than the original grant (RFC 6749 section 6)", field="scope"
-                    )
-                )
-            if result.status != "ok":
-                raise Settled(
-                    InvalidGrant(
-                        _FAILURES.get(result.status, "invalid grant"), field="refresh_token"
-                    )
-                )
-            return pair.issued(result)
+            return settle(pair, result, _FAILURES, field="refresh_token")
 
         return await with_current_client(self._directory, client_id, attempt)

@@ -19,23 +19,12 @@
 -- mark used, issue" a single step, so 50 concurrent redemptions yield one success.
 -- include: _tokens.lua
 -- include: _gcra.lua
-if redis.call('HGET', KEYS[1], 'gen') ~= ARGV[1] then
-  return { 'stale' }
+-- include: _grant.lua
+local code, refusal = open_grant(KEYS, ARGV[1], ARGV[2], ARGV[15], ARGV[16], ARGV[17])
+if refusal then
+  return refusal
 end
-local admitted, wait, refused_by = admit_token_request(KEYS[1], KEYS[3], KEYS[4], ARGV[15],
-  ARGV[16], ARGV[17])
-if not admitted then
-  return { 'limited', wait, refused_by }
-end
-local flat = redis.call('HGETALL', KEYS[2])
-if #flat == 0 then
-  return { 'invalid' }
-end
-local code = hash_to_map(flat)
 local root = ARGV[14]
-if code.c ~= ARGV[2] then
-  return { 'invalid' }
-end
 if code.st == 'redeemed' then
   revoke_index(root, root .. 'family:' .. code.f)
   redis.call('HINCRBY', 'auth_stats', 'authorization_code_reuse', 1)

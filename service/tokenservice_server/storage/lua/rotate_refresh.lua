@@ -22,23 +22,12 @@
 -- live refresh tokens.
 -- include: _tokens.lua
 -- include: _gcra.lua
-if redis.call('HGET', KEYS[1], 'gen') ~= ARGV[1] then
-  return { 'stale' }
+-- include: _grant.lua
+local old, refusal = open_grant(KEYS, ARGV[1], ARGV[2], ARGV[14], ARGV[15], ARGV[16])
+if refusal then
+  return refusal
 end
-local admitted, wait, refused_by = admit_token_request(KEYS[1], KEYS[3], KEYS[4], ARGV[14],
-  ARGV[15], ARGV[16])
-if not admitted then
-  return { 'limited', wait, refused_by }
-end
-local flat = redis.call('HGETALL', KEYS[2])
-if #flat == 0 then
-  return { 'invalid' }
-end
-local old = hash_to_map(flat)
 local root = ARGV[13]
-if old.c ~= ARGV[2] then
-  return { 'invalid' }
-end
 local family, subject, session = old.f or '', old.u or '', old.n or ''
 local now_ms = tonumber(ARGV[4])
 if old.st == 'rotated' then
