@@ -122,6 +122,11 @@ def test_service_uses_native_grpc_probes(overlay: str) -> None:
     grpc_port = next(p["containerPort"] for p in server["ports"] if p["name"] == "grpc")
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert server[probe]["grpc"]["port"] == grpc_port, probe
+    # Readiness follows Redis (the overall status); liveness must not, or a Redis outage
+    # would restart every pod (the server serves a "liveness" health name for this).
+    assert "service" not in server["readinessProbe"]["grpc"]
+    assert server["livenessProbe"]["grpc"]["service"] == "liveness"
+    assert server["startupProbe"]["grpc"]["service"] == "liveness"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

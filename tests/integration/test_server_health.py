@@ -51,6 +51,8 @@ async def test_health_flips_with_redis_down_and_back(app_factory: AppFactory, va
         assert await eventually(not_serving, timeout=5.0) < 5.0
         for service in SERVICES:
             assert await _status(stub, service.full_name) == NOT_SERVING
+        # Liveness does not follow Redis: restarting the pod would not bring it back.
+        assert await _status(stub, "liveness") == SERVING
 
         valkey.start()
 

@@ -17,9 +17,12 @@ from grpc_health.v1 import health, health_pb2
 from tokenservice_server.logging import get_logger
 from tokenservice_server.metrics import ServerMetrics
 
-__all__ = ["OVERALL", "HealthMonitor"]
+__all__ = ["LIVENESS", "OVERALL", "HealthMonitor"]
 
 OVERALL = ""  # the empty service name answers for the whole server
+# For liveness probes: SERVING while the process can answer at all, whatever Redis does.
+# Restarting pods does not bring Redis back; only readiness should follow it.
+LIVENESS = "liveness"
 
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -51,6 +54,7 @@ class HealthMonitor:
 
     async def start(self) -> None:
         """Probe once (so the first answer is already true) and keep probing."""
+        await self.servicer.set(LIVENESS, _SERVING)
         await self._probe_once()
         self._task = asyncio.create_task(self._run(), name="health-probe")
 
