@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONSTRAINTS := requirements/constraints.txt
 
-.PHONY: run test check lint typecheck fmt gen lock bench clean
+.PHONY: run test check lint typecheck fmt gen lock bench clean wheels release-dry-run
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml $(CONSTRAINTS)
 	@$(PYTHON) -c 'import sys; sys.exit("Python >= 3.11 is required") if sys.version_info < (3, 11) else None'
@@ -43,8 +43,18 @@ gen: $(STAMP)
 lock:
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
 	.lock-venv/bin/pip install -q -e clients/python -e '.[dev]'
-	.lock-venv/bin/pip freeze --exclude-editable | grep -v '^-e ' > $(CONSTRAINTS)
+	.lock-venv/bin/pip freeze --all --exclude-editable | grep -v '^-e \|^pip==' > $(CONSTRAINTS)
 	rm -rf .lock-venv
+
+## wheels: build both distributions (server and tokenservice-client) into dist/
+wheels: $(STAMP)
+	$(PY) -m build --wheel --no-isolation --outdir dist clients/python
+	$(PY) -m build --wheel --no-isolation --outdir dist .
+
+## release-dry-run: print the next version (from conventional commits) and its changelog; changes nothing
+release-dry-run: $(STAMP)
+	@echo "next version: $$($(BIN)/cz bump --get-next --yes </dev/null)"
+	@$(BIN)/cz bump --dry-run --yes </dev/null
 
 bench: $(STAMP)
 	$(PY) -m bench
