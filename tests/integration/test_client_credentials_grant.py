@@ -255,6 +255,11 @@ async def test_wrong_secret_and_unknown_client_are_indistinguishable(
     assert dict(info_wrong.metadata) == dict(info_unknown.metadata) == {}
 
 
+def _altered(secret: str) -> str:
+    """The secret with its last character changed (to another one, always)."""
+    return secret[:-1] + ("y" if secret.endswith("x") else "x")
+
+
 async def test_request_and_client_authentication_errors(
     channel: grpc.aio.Channel, clients: Fixture
 ) -> None:
@@ -268,7 +273,7 @@ async def test_request_and_client_authentication_errors(
         # a confidential client without its secret
         {"client_id": clients.cc.client_id},
         # a secret of the right length but wrong, and one at the field length limit
-        {"client_id": clients.cc.client_id, "client_secret": clients.cc.client_secret[:-1] + "x"},
+        {"client_id": clients.cc.client_id, "client_secret": _altered(clients.cc.client_secret)},
         {"client_id": clients.cc.client_id, "client_secret": "x" * 4096},
         # RFC 6749 section 4.4: client_credentials is for confidential clients only
         {"client_id": clients.public.client_id},

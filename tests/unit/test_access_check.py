@@ -94,7 +94,10 @@ async def test_no_bearer_credentials_get_a_bare_challenge_without_a_lookup(
     assert store.calls == []
 
 
-@pytest.mark.parametrize("token", ["", "tsat_short", TOKEN[:-1] + "0", "tsrt" + TOKEN[4:]])
+@pytest.mark.parametrize(
+    "token",
+    ["", "tsat_short", TOKEN[:-1] + ("1" if TOKEN.endswith("0") else "0"), "tsrt" + TOKEN[4:]],
+)
 async def test_malformed_tokens_are_refused_by_checksum_alone(token: str) -> None:
     store = FakeStore(record=_record())
 
