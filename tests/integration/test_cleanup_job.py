@@ -109,9 +109,9 @@ async def test_cleanup_removes_exactly_the_expired_entries_at_a_cost_of_what_exp
 
     redis = Redis.from_url(valkey.url)
     try:
-        started = time.monotonic()
+        run_started = time.time()
         result = await cleanup_tokens(redis)
-        elapsed = time.monotonic() - started
+        run_ended = time.time()
     finally:
         await redis.aclose()
 
@@ -122,8 +122,9 @@ async def test_cleanup_removes_exactly_the_expired_entries_at_a_cost_of_what_exp
     # 1,001 expired entries among 100,000: three batches of 500, not 200 (the last one
     # also sees that nothing is left), plus the lock release.
     assert result.batches == 3
+    # Cost follows what expired: the call count above, not wall time (timings belong
+    # in benchmarks; this machine is shared).
     assert _script_calls(sync) - calls_before == 4
-    assert elapsed < 5.0, elapsed
     assert sync.zcard(keys.INDEX_CLEANUP) == before_entries - 1_000
     assert _index_sets(sync) == survivors
     assert sync.zcount(keys.INDEX_CLEANUP, "-inf", int(time.time())) == 0
@@ -131,7 +132,7 @@ async def test_cleanup_removes_exactly_the_expired_entries_at_a_cost_of_what_exp
     metrics = sync.hgetall(AUTH_CLEANUP_METRICS)
     assert metrics["last_removed_index_entries"] == "1000"
     assert metrics["runs_total"] == "1"
-    assert abs(float(metrics["last_run"]) - time.time()) < 5
+    assert run_started - 1 <= float(metrics["last_run"]) <= run_ended + 1
 
     # Nothing left: the next run is one batch.
     redis = Redis.from_url(valkey.url)
