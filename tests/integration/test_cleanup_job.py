@@ -158,9 +158,14 @@ async def test_concurrent_cleanup_runs_do_no_double_work(valkey: RedisProcess) -
     finally:
         for client in clients:
             await client.aclose()
+    # No double work, whichever run took the lock first: the removals add up exactly.
     assert sum(result.removed["index_entries"] for result in results) == 5_000
-    assert sorted(result.status for result in results[:2]) == ["done", "skipped"]
+    # The waiting run either won the lock or waited for it; of the two that do not
+    # wait, at most one ran and at least one found the lock taken.
     assert results[2].status == "done"
+    statuses = [result.status for result in results[:2]]
+    assert statuses.count("done") <= 1
+    assert "skipped" in statuses
     assert sync.zcount(keys.INDEX_CLEANUP, "-inf", int(time.time())) == 0
     assert not sync.exists("auth_cleanup_lock")
 
