@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONSTRAINTS := requirements/constraints.txt
 
-.PHONY: run test check lint typecheck fmt gen lock bench clean wheels release-dry-run
+.PHONY: run test check lint typecheck fmt gen lock bench bench-soak-rss bench-abuse soak clean wheels release-dry-run
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml $(CONSTRAINTS)
 	@$(PYTHON) -c 'import sys; sys.exit("Python >= 3.11 is required") if sys.version_info < (3, 11) else None'
@@ -56,8 +56,21 @@ release-dry-run: $(STAMP)
 	@echo "next version: $$($(BIN)/cz bump --get-next --yes </dev/null)"
 	@$(BIN)/cz bump --dry-run --yes </dev/null
 
+## bench: throughput, latency, Redis round trips, CPU and RSS per scenario (docs/performance.md)
 bench: $(STAMP)
-	$(PY) -m bench
+	$(PY) -m bench $(ARGS)
+
+## bench-soak-rss: server RSS growth over 5 minutes of Check at 70% of its peak
+bench-soak-rss: $(STAMP)
+	$(PY) -m bench --soak-only --soak 300 $(ARGS)
+
+## bench-abuse: valid Check latency alone and under a flood of garbage-token Checks (limit 2x)
+bench-abuse: $(STAMP)
+	$(PY) -m bench.abuse_flood $(ARGS)
+
+## soak: SOAK_SECONDS (600) of mixed load on Sentinel, a failover every SOAK_FAILOVER_EVERY (120)
+soak: $(STAMP)
+	$(PY) -m bench.soak
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import time
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -28,10 +29,12 @@ from tokenservice_server.config import (
     Settings,
     parse_host_port,
 )
+from tokenservice_server.domain.token_cache import TokenCache
 from tokenservice_server.logging import get_logger
 from tokenservice_server.metrics import MetricsServer, ServerMetrics
 from tokenservice_server.redis_metrics import instrument_redis
 from tokenservice_server.storage.connection import RedisConnections, open_redis
+from tokenservice_server.storage.revocation_feed import RevocationFeed, TokenCacheMetrics
 from tokenservice_server.transport.cache_service import CacheServiceServicer
 from tokenservice_server.transport.caller_auth import CallerAuthInterceptor
 from tokenservice_server.transport.client_registry import ClientRegistryServicer
@@ -60,8 +63,8 @@ _MiB = 1024 * 1024
 _CHANNEL_OPTIONS: Sequence[tuple[str, int]] = (
     # A second server on a taken port must fail loudly, not share it silently.
     ("grpc.so_reuseport", 0),
-    # Cache values are bounded at 1 MiB by default; leave room for batches.
-    ("grpc.max_receive_message_length", 16 * _MiB),
+    # grpc.max_receive_message_length comes from settings.max_message_bytes (start()).
+    # Responses may batch many cache values.
     ("grpc.max_send_message_length", 16 * _MiB),
     # Let idle sidecar connections be probed instead of silently dying behind NAT.
     ("grpc.keepalive_time_ms", 60_000),
@@ -94,9 +97,15 @@ class Application:
     """One running tokenservice: call :meth:`start`, then :meth:`stop`."""
 
     def __init__(
-        self, settings: Settings, extra_handlers: Sequence[grpc.GenericRpcHandler] = ()
+        self,
+        settings: Settings,
+        extra_handlers: Sequence[grpc.GenericRpcHandler] = (),
+        *,
+        reuse_port: bool = False,
     ) -> None:
+        """``reuse_port``: share the gRPC port with sibling processes (``serve --workers``)."""
         self.settings = settings
+        self._reuse_port = reuse_port
         self._extra_handlers = tuple(extra_handlers)
         self.metrics = ServerMetrics()
         self._stack = AsyncExitStack()
@@ -105,6 +114,7 @@ class Application:
         self._health: HealthMonitor | None = None
         self._redis: RedisConnections | None = None
         self.components: Components | None = None
+        self.revocation_feed: RevocationFeed | None = None  # with token_cache.enabled
         self.addresses: BoundAddresses | None = None
 
     @property
@@ -124,7 +134,23 @@ class Application:
                 open_redis(settings.redis, log=_log)
             )
             instrument_redis(self._redis, self.metrics)
-            components = build_components(settings, self._redis)
+            token_cache = None
+            if settings.token_cache.enabled:
+                cache_metrics = TokenCacheMetrics(self.metrics.registry)
+                token_cache = TokenCache(
+                    settings.token_cache.max_entries,
+                    settings.token_cache.ttl,
+                    time.monotonic,
+                    on_lookup=cache_metrics.lookup,
+                )
+                self.revocation_feed = RevocationFeed(
+                    self._redis.auth,
+                    token_cache,
+                    cache_metrics,
+                    ping_interval=settings.token_cache.ping_interval,
+                )
+                await self._stack.enter_async_context(self.revocation_feed.running())
+            components = build_components(settings, self._redis, token_cache)
             self.components = components
             # Closed before Redis (the stack unwinds in reverse): the last counts get written.
             await self._stack.enter_async_context(
@@ -147,7 +173,11 @@ class Application:
                     ),
                     CallerAuthInterceptor(components.authenticator),
                 ],
-                options=_CHANNEL_OPTIONS,
+                options=(
+                    *(option for option in _CHANNEL_OPTIONS if option[0] != "grpc.so_reuseport"),
+                    ("grpc.so_reuseport", int(self._reuse_port)),
+                    ("grpc.max_receive_message_length", settings.max_message_bytes),
+                ),
                 maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
             )
             implementations: dict[str, object] = {
@@ -240,9 +270,9 @@ class Application:
         self._redis = None
 
 
-async def serve(settings: Settings) -> int:
+async def serve(settings: Settings, *, reuse_port: bool = False) -> int:
     """Run until SIGTERM or SIGINT, then drain; return the process exit status."""
-    app = Application(settings)
+    app = Application(settings, reuse_port=reuse_port)
     await app.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -40,6 +40,14 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--metrics-listen", help=f"Prometheus HOST:PORT (env {ENV_PREFIX}METRICS_LISTEN)"
     )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="server processes sharing the gRPC port (SO_REUSEPORT); worker i serves "
+        "metrics on the metrics port + i (default 1)",
+    )
 
     init = commands.add_parser(
         "init",
@@ -133,6 +141,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             from tokenservice_server.app import serve
 
+            if args.workers > 1:
+                from tokenservice_server.workers import serve_workers
+
+                return serve_workers(settings, args.workers)
             return _run(serve(settings), settings)
         if args.command == "init":
             from tokenservice_server.jobs.init import run_init

@@ -43,6 +43,7 @@ __all__ = [
     "ServerTlsSettings",
     "Settings",
     "TlsClientSettings",
+    "TokenCacheSettings",
     "load_settings",
     "parse_host_port",
 ]
@@ -114,6 +115,13 @@ class RedisSettings(_Strict):
     max_connections: int = Field(default=128, ge=1, le=10_000)
     data_dir: Path = Field(default=Path("var"), description="embedded Valkey data directory")
     embedded_port: int = Field(default=0, ge=0, le=65535, description="0 picks a free port")
+    durability: Literal["async", "replicated"] = Field(
+        default="async",
+        description="replicated: state changes wait for a replica (WAIT 1) before acknowledging",
+    )
+    replica_ack_timeout_ms: int = Field(
+        default=500, ge=1, le=60_000, description="how long a replicated write waits (WAIT)"
+    )
 
     @field_validator("url")
     @classmethod
@@ -291,7 +299,7 @@ class CacheSettings(_Strict):
 
     default_ttl: int = Field(default=86_400, ge=1, description="seconds, when a write names none")
     max_ttl: int = Field(default=2_592_000, ge=1, le=31_536_000, description="seconds")
-    # gRPC messages are capped at 16 MiB (app.py); a value must fit in one with room to spare.
+    # A value must fit in one request (max_message_bytes) with room to spare.
     max_value_bytes: int = Field(default=1_048_576, ge=1, le=8_388_608)
     max_key_bytes: int = Field(default=512, ge=1, le=4096)
     max_entries_per_namespace: int = Field(default=10_000, ge=1, le=10_000_000)
@@ -306,6 +314,21 @@ class CacheSettings(_Strict):
         if self.lease_ttl > self.max_lease_ttl:
             raise ValueError("lease_ttl must not exceed max_lease_ttl")
         return self
+
+
+class TokenCacheSettings(_Strict):
+    """The in-process hot-token cache (``domain/token_cache.py``): live access tokens for
+    Check and caller authentication, dropped on every replica when a revocation is
+    published on ``auth:revocations``; bypassed while that channel is down."""
+
+    enabled: bool = Field(default=False, description="cache live access tokens in process")
+    max_entries: int = Field(default=100_000, ge=1, le=10_000_000, description="LRU bound")
+    ttl: float = Field(
+        default=5.0, gt=0, le=60, description="seconds an entry lives, invalidated or not"
+    )
+    ping_interval: float = Field(
+        default=0.5, gt=0, le=10, description="seconds between invalidation-channel PINGs"
+    )
 
 
 class Settings(BaseSettings):
@@ -325,6 +348,11 @@ class Settings(BaseSettings):
     shutdown_grace: float = Field(default=10.0, ge=0, le=300, description="drain seconds")
     health_interval: float = Field(default=1.0, gt=0, le=60, description="Redis probe period")
     max_concurrent_rpcs: int | None = Field(default=None, ge=1)
+    # Larger requests are refused by gRPC itself with RESOURCE_EXHAUSTED before any
+    # handler runs (docs/hostile-input.md); a cache value must fit with room to spare.
+    max_message_bytes: int = Field(
+        default=4 * 1024 * 1024, ge=65_536, le=64 * 1024 * 1024, description="per request"
+    )
     use_uvloop: bool = True
     tls: ServerTlsSettings = ServerTlsSettings()
     redis: RedisSettings = RedisSettings()
@@ -332,6 +360,13 @@ class Settings(BaseSettings):
     cache: CacheSettings = CacheSettings()
     rate_limit: RateLimitSettings = RateLimitSettings()
     ext_authz: ExtAuthzSettings = ExtAuthzSettings()
+    token_cache: TokenCacheSettings = TokenCacheSettings()
+
+    @model_validator(mode="after")
+    def _cache_values_fit_in_a_message(self) -> Self:
+        if self.cache.max_value_bytes + self.cache.max_key_bytes + 4096 > self.max_message_bytes:
+            raise ValueError("cache.max_value_bytes must fit in max_message_bytes (4 KiB spare)")
+        return self
 
     @field_validator("listen", "metrics_listen")
     @classmethod

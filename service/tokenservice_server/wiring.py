@@ -31,6 +31,7 @@ from tokenservice_server.domain.rate_limiting import RateLimitPolicy, TokenEndpo
 from tokenservice_server.domain.revocation import Revoker
 from tokenservice_server.domain.sessions import SessionService
 from tokenservice_server.domain.stats_buffer import StatsBuffer
+from tokenservice_server.domain.token_cache import TokenCache
 from tokenservice_server.logging import get_logger
 from tokenservice_server.storage.audit_store import RedisAuditStore
 from tokenservice_server.storage.cache_store import RedisCacheStore
@@ -77,6 +78,7 @@ class Components:
     token_throttle: TokenEndpointThrottle  # IssueToken rate limits
     check_stats: StatsBuffer  # check counters, flushed to auth_stats in batches
     audit: AuditTrail  # audit trail of admin actions (log + auth_audit stream)
+    token_cache: TokenCache | None = None  # hot-token cache (token_cache.enabled)
 
 
 def _write_private(path: Path, content: str) -> None:
@@ -140,10 +142,21 @@ class _HashUpgrades:
             _log.info("client_secret_rehashed", client_id=client_id)
 
 
-def build_components(settings: Settings, redis: RedisConnections) -> Components:
-    scripts = ScriptRegistry(redis.auth)
+def build_components(
+    settings: Settings, redis: RedisConnections, token_cache: TokenCache | None = None
+) -> Components:
+    """``token_cache``: the hot-token cache, kept current by a RevocationFeed the caller
+    runs (app.py); None without one."""
+    durable = settings.redis.durability == "replicated"
+    scripts = ScriptRegistry(
+        redis.auth,
+        replica_ack_timeout_ms=settings.redis.replica_ack_timeout_ms if durable else None,
+    )
     clients = RedisClientStore(redis.auth, scripts)
     tokens = RedisTokenStore(redis.auth, scripts)
+    clients.token_cache = tokens.token_cache = token_cache
+    session_store = RedisSessionStore(redis.auth, scripts)
+    session_store.token_cache = token_cache
     hasher = SecretHasher(resolve_pepper(settings), previous_peppers(settings))
     directory = ClientDirectory(clients, settings.auth.client_cache_size)
     registry = ClientRegistryService(clients, hasher, directory, time.time)
@@ -174,24 +187,24 @@ def build_components(settings: Settings, redis: RedisConnections) -> Components:
         ),
         introspector=Introspector(tokens, time.time, auth.issuer),
         revoker=Revoker(directory, tokens, hasher, time.time),
-        sessions=SessionService(
-            RedisSessionStore(redis.auth, scripts), time.time, auth.session_ttl
-        ),
-        authenticator=BearerAuthenticator(tokens, time.time),
+        sessions=SessionService(session_store, time.time, auth.session_ttl),
+        authenticator=BearerAuthenticator(tokens, time.time, token_cache),
         clients=clients,
         tokens=tokens,
         cache=_cache_service(settings, redis),
         access_checker=AccessChecker(
-            RedisAccessCheckStore(scripts),
+            RedisAccessCheckStore(scripts, token_cache),
             policy,
             check_stats,
             time.time,
             realm=settings.ext_authz.realm,
             trust_forwarded_for=settings.ext_authz.trust_x_forwarded_for,
+            token_cache=token_cache,
         ),
         token_throttle=TokenEndpointThrottle(RedisRateLimitStore(scripts), policy),
         check_stats=check_stats,
         audit=AuditTrail(RedisAuditStore(redis.auth, auth.audit_max_entries), time.time),
+        token_cache=token_cache,
     )
 
 

@@ -388,6 +388,49 @@ class SentinelTopology:
         wait_until(promoted, timeout=timeout, interval=0.1, what="a new master")
         return self.current_master()
 
+    def restart_as_replica(self, node: RedisProcess, *, timeout: float = 15.0) -> None:
+        """Start a killed node again (same port, empty data) as a replica of the current
+        master, and wait until it is in sync and every sentinel lists it again, so the
+        next round still has two replicas."""
+        master = self.current_master()
+        node.extra_config = [
+            line for line in node.extra_config if not line.startswith("replicaof ")
+        ] + [f"replicaof {master[0]} {master[1]}"]
+        node.start()
+
+        def rejoined() -> bool:
+            with self.node_client(node) as client:
+                if client.info("replication").get("master_link_status") != "up":
+                    return False
+            for sentinel in self.sentinels:
+                with self.sentinel_client(sentinel) as client:
+                    state = client.sentinel_master(self.master_name)
+                    replicas = client.sentinel_slaves(self.master_name)
+                    if int(state["num-slaves"]) < 2 or any(
+                        r["is_sdown"] or r["is_odown"] for r in replicas
+                    ):
+                        return False
+            return True
+
+        wait_until(rejoined, timeout=timeout, interval=0.1, what=f"{node!r} to rejoin")
+
+    def graceful_failover(self, *, timeout: float = 15.0) -> tuple[str, int]:
+        """``SENTINEL FAILOVER``: promote a replica while the master is alive; return the
+        new master once every sentinel names it and the old one follows it."""
+        old = self.current_master()
+        with self.sentinel_client(self.sentinels[0]) as client:
+            client.execute_command("SENTINEL", "FAILOVER", self.master_name)
+        new = self.wait_for_new_master(old, timeout=timeout)
+        old_node = next(node for node in self.nodes if node.address == old)
+
+        def demoted() -> bool:
+            with self.node_client(old_node) as client:
+                info = client.info("replication")
+                return bool(info["role"] == "slave" and info.get("master_link_status") == "up")
+
+        wait_until(demoted, timeout=timeout, interval=0.1, what="the old master to follow")
+        return new
+
     def _replicas_in_sync(self) -> bool:
         for replica in self.nodes[1:]:
             with self.node_client(replica) as client:

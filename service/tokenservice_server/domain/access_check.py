@@ -8,7 +8,10 @@ Steps, cheapest first:
 2. A Bearer token (section 2.1; the scheme is case-insensitive) that fails its checksum:
    401 ``invalid_token``. No Redis.
 3. One Redis round trip resolves the token and counts the request against the rate
-   limits (``check_access_token.lua``); over a limit: 429 with ``Retry-After``.
+   limits (``check_access_token.lua``); over a limit: 429 with ``Retry-After``. With the
+   hot-token cache (``token_cache.py``), a cached live token skips Redis (0 round trips)
+   only when no Redis-counted limit applies to the request (no IP, client, client-own or
+   route limit): counting a limit needs Redis, and that same script resolves the token.
 4. No live token (unknown, expired, revoked), or not for the route's audience: 401
    ``invalid_token``.
 5. The route's required scopes not all granted: 403 ``insufficient_scope`` naming them.
@@ -36,8 +39,9 @@ from tokenservice_server.domain.bearer_challenge import (
 )
 from tokenservice_server.domain.credentials import CredentialKind, digest, is_well_formed
 from tokenservice_server.domain.errors import InvalidRequest
-from tokenservice_server.domain.rate_limiting import RateLimitPolicy
+from tokenservice_server.domain.rate_limiting import ADMITTED, RateLimitPolicy
 from tokenservice_server.domain.stats_buffer import StatsBuffer
+from tokenservice_server.domain.token_cache import TokenCache
 from tokenservice_server.domain.tokens import Caller
 
 if TYPE_CHECKING:
@@ -177,7 +181,9 @@ class AccessChecker:
         *,
         realm: str,
         trust_forwarded_for: bool = False,
+        token_cache: TokenCache | None = None,
     ) -> None:
+        self._cache = token_cache
         self._store = store
         self._policy = policy
         self._stats = stats
@@ -204,9 +210,17 @@ class AccessChecker:
             request.forwarded_for,
             trust_forwarded_for=self._trust_forwarded_for,
         )
-        record, admission = await self._store.resolve_and_admit(
-            digest(token), client_ip=ip, route_key=route.rate_limit_key, policy=self._policy
-        )
+        hashed = digest(token)
+        record = None
+        if self._cache is not None and self._uncounted(ip, route):
+            cached = self._cache.get(hashed)
+            if cached is not None and cached.client_rate_limit <= 0:
+                record, admission = cached.record, ADMITTED
+        if record is None:
+            # The store caches what it finds live (with the client's own limit).
+            record, admission = await self._store.resolve_and_admit(
+                hashed, client_ip=ip, route_key=route.rate_limit_key, policy=self._policy
+            )
         if not admission.allowed:
             return AccessDecision(
                 outcome=Outcome.RATE_LIMITED,
@@ -241,6 +255,18 @@ class AccessChecker:
             token_digest=record.digest,
         )
         return AccessDecision(outcome=Outcome.ALLOWED, caller=caller)
+
+    def _uncounted(self, ip: str, route: RouteRequirements) -> bool:
+        """Whether no Redis-counted limit applies to this request (so a cached token may
+        answer without Redis): no IP limit, no client limit (the client's own one is
+        checked on the cached entry) and no limit for the route. Otherwise the one script
+        both resolves and counts: a cache would save nothing."""
+        policy = self._policy
+        return (
+            (policy.per_ip == 0 or not ip)
+            and policy.per_client == 0
+            and (policy.per_route == 0 or not route.rate_limit_key)
+        )
 
     def _deny(
         self,

@@ -3,6 +3,7 @@ presented in call metadata (RFC 6750 section 2.1)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 from tokenservice_server.domain.clients import ClientRecord, ClientType
@@ -14,7 +15,8 @@ from tokenservice_server.domain.credentials import (
 )
 from tokenservice_server.domain.errors import InvalidClient, InvalidToken, Unauthenticated
 from tokenservice_server.domain.ports import TokenStore
-from tokenservice_server.domain.tokens import Caller
+from tokenservice_server.domain.token_cache import TokenCache
+from tokenservice_server.domain.tokens import Caller, TokenRecord
 
 __all__ = ["BearerAuthenticator", "authenticate_client", "bearer_token"]
 
@@ -60,16 +62,32 @@ def bearer_token(authorization: str | None) -> str:
 class BearerAuthenticator:
     """Resolves an access token to the calling client and its scopes."""
 
-    def __init__(self, tokens: TokenStore, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        tokens: TokenStore,
+        clock: Callable[[], float],
+        token_cache: TokenCache | None = None,
+    ) -> None:
         self._tokens = tokens
         self._clock = clock
+        self._cache = token_cache
 
     async def resolve(self, authorization: str | None) -> Caller:
         token = bearer_token(authorization)
         # A malformed token is rejected by its checksum, without touching Redis.
         if not is_well_formed(token, CredentialKind.ACCESS_TOKEN):
             raise InvalidToken("the access token is malformed")
-        record = await self._tokens.find_access_token(digest(token))
+        hashed = digest(token)
+        cached = self._cache.get(hashed) if self._cache is not None else None
+        record: TokenRecord | None
+        if cached is not None:
+            record = cached.record
+        else:
+            epoch = self._cache.epoch if self._cache is not None else 0
+            record = await self._tokens.find_access_token(hashed)
+            if record is not None and self._cache is not None:
+                # The client's Check limit is unknown here: inf makes Check ask Redis.
+                self._cache.put(record, math.inf, epoch)
         if record is None or record.expires_at <= self._clock():
             raise InvalidToken("the access token is invalid, expired or revoked")
         return Caller(

@@ -141,7 +141,14 @@ class RateLimited(DomainError):
 
 
 class BackendUnavailable(DomainError):
+    """Storage cannot serve or confirm the request now; the caller may retry after
+    ``retry_after`` seconds (sent as google.rpc.RetryInfo when set)."""
+
     reason = "BACKEND_UNAVAILABLE"
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class ValueTooLarge(DomainError):

@@ -14,6 +14,7 @@ from tokenservice_server.domain.clients import (
     ClientType,
     GrantType,
 )
+from tokenservice_server.domain.token_cache import TokenCache
 from tokenservice_server.storage import keys
 from tokenservice_server.storage.scripts import ScriptRegistry
 
@@ -81,6 +82,7 @@ class RedisClientStore:
     def __init__(self, redis: Redis, scripts: ScriptRegistry) -> None:
         self._redis = redis
         self._scripts = scripts
+        self.token_cache: TokenCache | None = None  # dropped from at once on revocation
 
     async def create(self, record: ClientRecord) -> bool:
         created = await self._scripts.call(
@@ -123,4 +125,6 @@ class RedisClientStore:
                 args=[client_id, keys.AUTH_ROOT],
             )
         )
+        if self.token_cache is not None:
+            self.token_cache.invalidate([f"c:{client_id}"])
         return None if revoked < 0 else revoked

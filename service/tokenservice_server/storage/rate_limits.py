@@ -12,6 +12,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from tokenservice_server.domain.rate_limiting import ADMITTED, Admission, RateLimitPolicy
+from tokenservice_server.domain.token_cache import TokenCache
 from tokenservice_server.domain.tokens import TokenKind, TokenRecord
 from tokenservice_server.storage import keys
 from tokenservice_server.storage.scripts import ScriptRegistry
@@ -56,12 +57,15 @@ class RedisRateLimitStore:
 
 
 class RedisAccessCheckStore:
-    def __init__(self, scripts: ScriptRegistry) -> None:
+    def __init__(self, scripts: ScriptRegistry, token_cache: TokenCache | None = None) -> None:
         self._scripts = scripts
+        self._token_cache = token_cache  # filled with each live token, and its client's limit
 
     async def resolve_and_admit(
         self, digest: str, *, client_ip: str, route_key: str, policy: RateLimitPolicy
     ) -> tuple[TokenRecord | None, Admission]:
+        cache = self._token_cache
+        epoch = cache.epoch if cache is not None else 0
         reply: list[Any] = await self._scripts.call(
             "check_access_token",
             keys=[
@@ -84,7 +88,11 @@ class RedisAccessCheckStore:
         if verdict == 0:
             return None, ADMITTED
         raw = dict(zip(fields[::2], fields[1::2], strict=True))
-        return decode_token(digest, raw, TokenKind.ACCESS), ADMITTED
+        client_limit = float(raw.pop(b"~rl", b"0") or 0)
+        record = decode_token(digest, raw, TokenKind.ACCESS)
+        if cache is not None:
+            cache.put(record, client_limit, epoch)
+        return record, ADMITTED
 
 
 class RedisStatsStore:

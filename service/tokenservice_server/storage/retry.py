@@ -4,6 +4,10 @@ A call that meets ``ConnectionError``/``TimeoutError`` is retried with exponenti
 and jitter, but no retry starts later than ``RETRY_BUDGET`` seconds after the call began;
 then the error surfaces (the transport maps it to UNAVAILABLE). Errors that retrying cannot
 fix (wrong credentials, an untrusted server certificate) surface at once.
+
+The budget never outlasts the caller: the transport records each unary RPC's gRPC deadline
+with ``retry_deadline()``, and no retry starts after it, so a caller with a 2 s deadline
+gets UNAVAILABLE inside those 2 s rather than DEADLINE_EXCEEDED after them.
 """
 
 from __future__ import annotations
@@ -11,7 +15,8 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, Final, TypeVar
 
@@ -25,7 +30,13 @@ from redis.exceptions import (
     TimeoutError,
 )
 
-__all__ = ["RETRY_ATTEMPTS", "RETRY_BUDGET", "BoundedRetry", "default_retry"]
+__all__ = [
+    "RETRY_ATTEMPTS",
+    "RETRY_BUDGET",
+    "BoundedRetry",
+    "default_retry",
+    "retry_deadline",
+]
 
 #: No retry starts later than this many seconds after the call began, so a call gives up
 #: within RETRY_BUDGET plus one attempt (at most connect_timeout + socket_timeout). It is
@@ -47,6 +58,28 @@ _PERMANENT_ERRORS: Final = (AuthenticationError, AuthorizationError, ExternalAut
 
 # True while a BoundedRetry loop runs in this task (see BoundedRetry).
 _retrying: ContextVar[bool] = ContextVar("tokenservice_redis_retrying", default=False)
+
+# time.monotonic() after which no retry starts: the caller's deadline, minus a margin.
+_caller_deadline: ContextVar[float | None] = ContextVar(
+    "tokenservice_redis_caller_deadline", default=None
+)
+#: Kept free before the caller's deadline for the last attempt and the reply.
+_DEADLINE_MARGIN: Final = 0.25
+
+
+@contextmanager
+def retry_deadline(time_remaining: float | None) -> Iterator[None]:
+    """Within the block, retries stop ``time_remaining`` seconds from now (less a margin
+    for the last attempt and the reply); ``None`` (no deadline) keeps the plain budget."""
+    if time_remaining is None:
+        yield
+        return
+    margin = min(_DEADLINE_MARGIN, time_remaining * 0.2)
+    token = _caller_deadline.set(time.monotonic() + time_remaining - margin)
+    try:
+        yield
+    finally:
+        _caller_deadline.reset(token)
 
 
 class BoundedRetry(Retry):
@@ -90,6 +123,9 @@ class BoundedRetry(Retry):
         try:
             self._backoff.reset()  # type: ignore[no-untyped-call]
             deadline = time.monotonic() + self.budget
+            caller_deadline = _caller_deadline.get()
+            if caller_deadline is not None:
+                deadline = min(deadline, caller_deadline)
             failures = 0
             while True:
                 try:

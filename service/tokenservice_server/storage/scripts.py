@@ -17,6 +17,11 @@ logic several scripts need (revoking a set of tokens, say) is written once.
 
 Scripts run with EVALSHA (redis-py loads them again after a ``NOSCRIPT``, e.g. on a fresh
 master after a failover) and are always called with explicit ``keys=`` and ``args=``.
+
+Durability (``redis.durability: replicated``): a registry built with ``replica_ack_timeout_ms``
+sends every script of ``DURABLE_SCRIPTS`` as a non-transactional pipeline ``[EVALSHA,
+WAIT 1 timeout]`` (one round trip; WAIT cannot run inside Lua) and raises
+``BackendUnavailable`` when no replica confirmed the write in time. See docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -28,9 +33,13 @@ from typing import Any, Final
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
 from redis.typing import EncodableT, KeyT
 
+from tokenservice_server.domain.errors import BackendUnavailable
+
 __all__ = [
+    "DURABLE_SCRIPTS",
     "LUA_DIR",
     "ScriptHeader",
     "ScriptHeaderError",
@@ -42,6 +51,26 @@ __all__ = [
 LUA_DIR: Final = Path(__file__).with_name("lua")
 
 _TAGS: Final = ("KEYS", "ARGV", "Returns")
+
+#: State changes a failover must not undo: with ``redis.durability: replicated`` each is
+#: acknowledged only after a replica confirmed it (WAIT). Rate-limit counters, cache
+#: writes, statistics and cleanup are deliberately not here (losing them is harmless).
+DURABLE_SCRIPTS: Final = frozenset(
+    {
+        "issue_access_token",
+        "store_code",
+        "redeem_code",
+        "rotate_refresh",
+        "revoke_token",
+        "revoke_index",
+        "create_client",
+        "replace_client",
+        "delete_client",
+        "extend_session",
+    }
+)
+#: The RetryInfo delay suggested when a replica did not confirm a write.
+_UNCONFIRMED_RETRY_AFTER: Final = 1.0
 
 
 class ScriptHeaderError(ValueError):
@@ -99,12 +128,22 @@ class ScriptRegistry(Mapping[str, AsyncScript]):
     """Every ``*.lua`` file of ``directory``, registered on ``client``, by file stem.
 
     Register one registry per client (the auth and the cache client are separate pools).
+    With ``replica_ack_timeout_ms`` set (durability ``replicated``), ``DURABLE_SCRIPTS``
+    wait for one replica; see ``call``.
     """
 
-    def __init__(self, client: Redis, directory: Path = LUA_DIR) -> None:
+    def __init__(
+        self,
+        client: Redis,
+        directory: Path = LUA_DIR,
+        *,
+        replica_ack_timeout_ms: int | None = None,
+    ) -> None:
         if not directory.is_dir():
             raise FileNotFoundError(f"Lua script directory {directory} does not exist")
         self.directory = directory
+        self.client = client
+        self.replica_ack_timeout_ms = replica_ack_timeout_ms
         self.headers: dict[str, ScriptHeader] = {}
         self._scripts: dict[str, AsyncScript] = {}
         for path in sorted(directory.glob("*.lua")):
@@ -128,5 +167,40 @@ class ScriptRegistry(Mapping[str, AsyncScript]):
         return len(self._scripts)
 
     async def call(self, name: str, *, keys: Sequence[KeyT], args: Sequence[EncodableT]) -> Any:
-        """Run script ``name`` (EVALSHA) with explicit KEYS and ARGV."""
-        return await self[name](keys=keys, args=args)
+        """Run script ``name`` (EVALSHA) with explicit KEYS and ARGV.
+
+        In replicated durability a ``DURABLE_SCRIPTS`` member is pipelined with
+        ``WAIT 1 timeout``; no replica confirming raises ``BackendUnavailable``.
+        """
+        script = self[name]
+        if self.replica_ack_timeout_ms is None or name not in DURABLE_SCRIPTS:
+            return await script(keys=keys, args=args)
+        return await self._call_replicated(script, keys, args)
+
+    async def _call_replicated(
+        self, script: AsyncScript, keys: Sequence[KeyT], args: Sequence[EncodableT]
+    ) -> Any:
+        for attempt in range(2):
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+                pipe.execute_command("WAIT", 1, self.replica_ack_timeout_ms)
+                result, acked = await pipe.execute(raise_on_error=False)
+            if isinstance(result, NoScriptError) and attempt == 0:
+                # A fresh master (after a failover) lacks the script: load it, run again.
+                # The script did not run, so the WAIT said nothing about this write.
+                await self.client.script_load(script.script)
+                continue
+            if isinstance(result, Exception):
+                raise result
+            if isinstance(acked, Exception):
+                raise acked
+            _require_replica(int(acked))
+            return result
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _require_replica(acked: int) -> None:
+    if acked < 1:
+        raise BackendUnavailable(
+            "write not confirmed by a replica", retry_after=_UNCONFIRMED_RETRY_AFTER
+        )

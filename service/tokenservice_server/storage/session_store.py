@@ -8,6 +8,7 @@ from typing import cast
 from redis.asyncio import Redis
 from redis.typing import EncodableT
 
+from tokenservice_server.domain.token_cache import TokenCache
 from tokenservice_server.domain.tokens import Session
 from tokenservice_server.storage import keys
 from tokenservice_server.storage.scripts import ScriptRegistry
@@ -33,6 +34,7 @@ class RedisSessionStore:
     def __init__(self, redis: Redis, scripts: ScriptRegistry) -> None:
         self._redis = redis
         self._scripts = scripts
+        self.token_cache: TokenCache | None = None  # dropped from at once on revocation
 
     async def create(self, session: Session, ttl: int) -> None:
         key = keys.session_key(session.session_id)
@@ -79,4 +81,6 @@ class RedisSessionStore:
                 args=[keys.AUTH_ROOT, session_id],
             )
         )
+        if self.token_cache is not None:
+            self.token_cache.invalidate([f"n:{session_id}"])
         return None if revoked < 0 else revoked

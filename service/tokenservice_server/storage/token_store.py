@@ -12,8 +12,10 @@ from typing import Any
 from redis.asyncio import Redis
 
 from tokenservice_server.domain.rate_limiting import Admission, TokenRequestLimits
+from tokenservice_server.domain.token_cache import TokenCache
 from tokenservice_server.domain.tokens import TokenKind, TokenRecord
 from tokenservice_server.storage import keys
+from tokenservice_server.storage.revocation_feed import index_attribute
 from tokenservice_server.storage.scripts import ScriptRegistry
 from tokenservice_server.storage.token_limits import limited, token_limit_args, token_limit_keys
 
@@ -77,6 +79,9 @@ class RedisTokenStore:
     def __init__(self, redis: Redis, scripts: ScriptRegistry) -> None:
         self._redis = redis
         self._scripts = scripts
+        # This replica's hot-token cache: what it revokes is dropped without waiting for
+        # the pub/sub echo (other replicas get the message published by the script).
+        self.token_cache: TokenCache | None = None
 
     async def issue_access_token(
         self,
@@ -141,13 +146,16 @@ class RedisTokenStore:
         return found
 
     async def revoke_token(self, client_id: str, kind: TokenKind, digest: str) -> int:
-        return int(
+        revoked = int(
             await self._scripts.call(
                 "revoke_token",
                 keys=[_RECORD_KEY[kind](digest)],
                 args=[client_id, _MEMBER[kind](digest), keys.AUTH_ROOT],
             )
         )
+        if self.token_cache is not None and kind is TokenKind.ACCESS:
+            self.token_cache.invalidate([f"t:{digest}"])
+        return revoked
 
     async def revoke_index(self, index_key: str) -> int:
         revoked = await self._scripts.call(
@@ -156,6 +164,8 @@ class RedisTokenStore:
             keys=[index_key, keys.AUTH_ROOT, keys.SESSION_CLEANUP],
             args=[keys.AUTH_ROOT, ""],
         )
+        if self.token_cache is not None:
+            self.token_cache.invalidate(index_attribute(index_key))
         return max(0, int(revoked))
 
     async def revoke_subject(self, subject: str) -> int:

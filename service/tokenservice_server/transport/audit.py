@@ -21,6 +21,24 @@ __all__ = ["audited"]
 
 T = TypeVar("T")
 
+#: A refused request's target is whatever the caller sent: at most this many characters
+#: are kept (log lines and stream entries stay small), and characters that could disguise
+#: a log line (control and format characters such as right-to-left overrides, line and
+#: paragraph separators: everything ``str.isprintable`` rejects) are escaped.
+_MAX_TARGET = 256
+
+
+def _loggable(target: str) -> str:
+    if len(target) <= _MAX_TARGET and target.isprintable():
+        return target
+    escaped = "".join(
+        char if char.isprintable() else char.encode("unicode_escape").decode("ascii")
+        for char in target[:_MAX_TARGET]
+    )
+    if len(escaped) > _MAX_TARGET or len(target) > _MAX_TARGET:
+        escaped = f"{escaped[:_MAX_TARGET]}...({len(target)} characters)"
+    return escaped
+
 
 async def audited(
     trail: AuditTrail | None,
@@ -41,7 +59,7 @@ async def audited(
     def event(outcome: str, reason: str = "", **extra: Any) -> AuditEvent:
         return AuditEvent(
             action=action,
-            target=extra.pop("target", target),
+            target=_loggable(extra.pop("target", target)),
             outcome=outcome,
             time=trail.clock(),
             actor=caller.client_id if caller is not None else "",

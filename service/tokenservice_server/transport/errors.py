@@ -11,7 +11,7 @@ import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 
-from tokenservice_server.domain.errors import DomainError, RateLimited
+from tokenservice_server.domain.errors import BackendUnavailable, DomainError, RateLimited
 
 __all__ = ["ERROR_DOMAIN", "STATUS_FOR_REASON", "abort_with_domain_error", "status_details"]
 
@@ -54,9 +54,10 @@ def status_details(error: DomainError) -> tuple[grpc.StatusCode, bytes]:
             )
         )
     ]
-    if isinstance(error, RateLimited):
+    retry_after = error.retry_after if isinstance(error, RateLimited | BackendUnavailable) else None
+    if retry_after is not None:
         delay = duration_pb2.Duration()
-        delay.FromNanoseconds(int(error.retry_after * 1e9))
+        delay.FromNanoseconds(int(retry_after * 1e9))
         details.append(_packed(error_details_pb2.RetryInfo(retry_delay=delay)))
     status = status_pb2.Status(code=code.value[0], message=error.message, details=details)
     return code, status.SerializeToString()

@@ -20,11 +20,13 @@ from typing import Any
 import grpc
 import structlog
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError as RedisResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from tokenservice_server.domain.errors import DomainError
+from tokenservice_server.domain.errors import BackendUnavailable, DomainError
 from tokenservice_server.logging import get_logger
 from tokenservice_server.metrics import ServerMetrics
+from tokenservice_server.storage.retry import retry_deadline
 from tokenservice_server.transport.errors import abort_with_domain_error
 
 __all__ = ["REQUEST_ID_METADATA", "ObservabilityInterceptor"]
@@ -36,6 +38,19 @@ _MAX_REQUEST_ID = 128
 _log = get_logger("tokenservice.rpc")
 
 _Behavior = Callable[..., Any]
+
+#: Redis error replies that mean "not now" during a failover or restart, not a bug: the
+#: node was demoted (READONLY), lost its replicas (NOREPLICAS), lost its master
+#: (MASTERDOWN) or is loading its data set (LOADING).
+_TRANSIENT_REPLIES = ("READONLY", "NOREPLICAS", "MASTERDOWN", "LOADING", "TRYAGAIN")
+#: RetryInfo sent with "storage temporarily unavailable" (about one failover).
+_STORAGE_RETRY_AFTER = 1.0
+
+
+def _storage_unavailable(exc: Exception) -> bool:
+    if isinstance(exc, (RedisConnectionError, RedisTimeoutError)):
+        return True
+    return isinstance(exc, RedisResponseError) and str(exc).startswith(_TRANSIENT_REPLIES)
 
 
 def _split_method(full_method: str) -> tuple[str, str]:
@@ -66,24 +81,46 @@ def _final_code(context: grpc.aio.ServicerContext[Any, Any]) -> grpc.StatusCode:
     return grpc.StatusCode.UNKNOWN
 
 
+class _MethodMetrics:
+    """The metric children of one method, looked up once: ``labels(**...)`` takes a lock
+    and builds its key on every call, which showed in profiles of the hot path
+    (docs/performance.md)."""
+
+    def __init__(self, metrics: ServerMetrics, grpc_type: str, full_method: str) -> None:
+        service, method = _split_method(full_method)
+        self.labels = {"grpc_type": grpc_type, "grpc_service": service, "grpc_method": method}
+        self.quiet = service in _QUIET_SERVICES
+        self._metrics = metrics
+        self.started = metrics.started.labels(**self.labels)
+        self.handling = metrics.handling_seconds.labels(**self.labels)
+        self._handled: dict[str, Any] = {}
+
+    def handled(self, code: str) -> Any:
+        child = self._handled.get(code)
+        if child is None:
+            child = self._metrics.handled.labels(**self.labels, grpc_code=code)
+            self._handled[code] = child
+        return child
+
+    def sent(self) -> Any:
+        return self._metrics.msg_sent.labels(**self.labels)  # streaming only: not cached
+
+
 class _RpcScope:
     """Timing, counting and logging of one RPC."""
 
     def __init__(
         self,
-        metrics: ServerMetrics,
-        grpc_type: str,
+        method: _MethodMetrics,
         full_method: str,
         request_id: str,
     ) -> None:
-        service, method = _split_method(full_method)
-        self.labels = {"grpc_type": grpc_type, "grpc_service": service, "grpc_method": method}
-        self.metrics = metrics
+        self.method = method
         self.full_method = full_method
         self.request_id = request_id
-        self.quiet = service in _QUIET_SERVICES
+        self.quiet = self.method.quiet
         self.started_at = time.perf_counter()
-        metrics.started.labels(**self.labels).inc()
+        self.method.started.inc()
 
     async def handle_exception(
         self, exc: Exception, context: grpc.aio.ServicerContext[Any, Any]
@@ -91,17 +128,22 @@ class _RpcScope:
         """Turn an exception that escaped a handler into a clean status (always raises)."""
         if isinstance(exc, DomainError):
             await abort_with_domain_error(context, exc)
-        if isinstance(exc, (RedisConnectionError, RedisTimeoutError)):
+        if _storage_unavailable(exc):
             _log.warning("storage_unavailable", method=self.full_method, error=type(exc).__name__)
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "storage temporarily unavailable")
+            await abort_with_domain_error(
+                context,
+                BackendUnavailable(
+                    "storage temporarily unavailable", retry_after=_STORAGE_RETRY_AFTER
+                ),
+            )
         _log.exception("unhandled_error", method=self.full_method, request_id=self.request_id)
         await context.abort(grpc.StatusCode.INTERNAL, "internal error")
 
     def finish(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         elapsed = time.perf_counter() - self.started_at
         code = _final_code(context)
-        self.metrics.handled.labels(**self.labels, grpc_code=code.name).inc()
-        self.metrics.handling_seconds.labels(**self.labels).observe(elapsed)
+        self.method.handled(code.name).inc()
+        self.method.handling.observe(elapsed)
         log = _log.debug if self.quiet and code is grpc.StatusCode.OK else _log.info
         log(
             "rpc",
@@ -118,6 +160,15 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
 
     def __init__(self, metrics: ServerMetrics) -> None:
         self._metrics = metrics
+        # Bounded: only methods a handler was found for get here (unknown ones return early).
+        self._methods: dict[tuple[str, str], _MethodMetrics] = {}
+
+    def _method_metrics(self, grpc_type: str, full_method: str) -> _MethodMetrics:
+        found = self._methods.get((grpc_type, full_method))
+        if found is None:
+            found = _MethodMetrics(self._metrics, grpc_type, full_method)
+            self._methods[grpc_type, full_method] = found
+        return found
 
     async def intercept_service(
         self,
@@ -131,12 +182,12 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
             return handler
         method = handler_call_details.method
         request_id = _request_id(handler_call_details.invocation_metadata)
-        metrics = self._metrics
+        method_metrics = self._method_metrics
 
         def scope(grpc_type: str) -> _RpcScope:
             structlog.contextvars.clear_contextvars()
             structlog.contextvars.bind_contextvars(request_id=request_id)
-            return _RpcScope(metrics, grpc_type, method, request_id)
+            return _RpcScope(method_metrics(grpc_type, method), method, request_id)
 
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
@@ -171,7 +222,9 @@ def _wrap_unary(
     async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         rpc = scope(grpc_type)
         try:
-            return await behavior(request, context)
+            # Storage retries end before the caller's deadline (storage/retry.py).
+            with retry_deadline(context.time_remaining()):
+                return await behavior(request, context)
         except grpc.aio.AbortError:
             raise
         except Exception as exc:  # the safety net: never leak a traceback to the caller
@@ -194,7 +247,7 @@ def _wrap_streaming(
             result = behavior(request, context)
             if hasattr(result, "__aiter__"):
                 async for response in result:
-                    rpc.metrics.msg_sent.labels(**rpc.labels).inc()
+                    rpc.method.sent().inc()
                     yield response
             else:
                 # A handler that writes with context.write() and returns None.

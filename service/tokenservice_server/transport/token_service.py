@@ -147,13 +147,18 @@ class TokenServiceServicer:
             self._metrics.tokens_issued.labels(grant=grant, result="rate_limited").inc()
             raise
         except DomainError as failure:
-            self._metrics.tokens_issued.labels(grant=grant, result=failure.reason.lower()).inc()
-            if not failure.attempt_counted:
-                try:
-                    await self._throttle.count_failure(limits)
-                except RateLimited as refusal:
-                    self._metrics.rate_limited.labels(bucket=refusal.limited_by).inc()
-                    raise
+            result = failure.reason.lower()
+            try:
+                if not failure.attempt_counted:
+                    try:
+                        await self._throttle.count_failure(limits)
+                    except RateLimited as refusal:
+                        # The caller is told RESOURCE_EXHAUSTED: that is the result counted.
+                        self._metrics.rate_limited.labels(bucket=refusal.limited_by).inc()
+                        result = "rate_limited"
+                        raise
+            finally:
+                self._metrics.tokens_issued.labels(grant=grant, result=result).inc()
             raise
         except Exception:
             self._metrics.tokens_issued.labels(grant=grant, result="error").inc()

@@ -4,6 +4,10 @@ A servicer implements the methods whose capability has landed, as coroutine meth
 named after the RPC; every other method of the contract answers UNIMPLEMENTED, so the
 whole contract is published (and discoverable via reflection) before it is complete.
 This is the only place UNIMPLEMENTED is an acceptable answer.
+
+Bytes that are not a valid request message (corrupt wire format, bad UTF-8 in a string)
+get INVALID_ARGUMENT here: left to grpcio, a failing deserializer answers UNKNOWN with
+the parser's exception text and logs a traceback (docs/hostile-input.md).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from typing import Any
 
 import grpc
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
+from google.protobuf.message import DecodeError
 from google.protobuf.message_factory import GetMessageClass
 
 __all__ = ["service_handler", "unimplemented_service"]
@@ -28,6 +33,32 @@ def _factory(method: MethodDescriptor) -> Any:
     return grpc.unary_unary_rpc_method_handler
 
 
+class _MalformedRequest:
+    """What the deserializer hands on instead of raising, so the RPC fails cleanly."""
+
+
+_MALFORMED = _MalformedRequest()
+
+
+def _lenient(parse: Any) -> Any:
+    def deserialize(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except DecodeError:
+            return _MALFORMED
+
+    return deserialize
+
+
+def _refusing_malformed(behavior: Any) -> Any:
+    async def checked(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        if request is _MALFORMED:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "malformed request message")
+        return await behavior(request, context)
+
+    return checked
+
+
 def _handler(method: MethodDescriptor, implementation: object | None) -> Any:
     request_type = GetMessageClass(method.input_type)
     response_type = GetMessageClass(method.output_type)
@@ -39,9 +70,12 @@ def _handler(method: MethodDescriptor, implementation: object | None) -> Any:
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, details)
 
         behavior = reject
+    parse = request_type.FromString
+    if not method.client_streaming and not method.server_streaming:
+        behavior, parse = _refusing_malformed(behavior), _lenient(parse)
     return _factory(method)(
         behavior,
-        request_deserializer=request_type.FromString,
+        request_deserializer=parse,
         response_serializer=response_type.SerializeToString,
     )
 

@@ -13,12 +13,28 @@
 -- the subject last, as it may contain '|'). Revocation and rotation leave it alone, so the
 -- cleanup job (cleanup_tokens.lua) can remove the member from exactly the index sets
 -- that still name it once the token has expired, without reading the expired record.
+--
+-- Every revocation is also published on the channel '<root>revocations' (one message per
+-- revoked access token or per revoked index) so each replica's hot-token cache
+-- (domain/token_cache.py) drops it: 't:<sha256>' for one access token, 'f:<family>',
+-- 'c:<client>', 'u:<subject>' or 'n:<session>' for an index. PUBLISH runs with pcall: an
+-- ACL user without channel rights still revokes (its replicas then cannot subscribe
+-- either, so their caches stay bypassed).
 
 local KINDS = {
   a = { record = 'access_token:', cleanup = 'auth_token_cleanup', stat = 'access_tokens_revoked' },
   r = { record = 'refresh_token:', cleanup = 'auth_refresh_token_cleanup',
         stat = 'refresh_tokens_revoked' },
 }
+
+local INDEX_ATTRIBUTES = {
+  ['family:'] = 'f:', ['client_tokens:'] = 'c:', ['subject_tokens:'] = 'u:',
+  ['session_tokens:'] = 'n:',
+}
+
+local function publish_revoked(root, message)
+  redis.pcall('PUBLISH', root .. 'revocations', message)
+end
 
 local function hash_to_map(flat)
   local map = {}
@@ -30,8 +46,9 @@ end
 
 -- Revoke one token by index member; returns 1 if a live token was revoked. A rotated
 -- refresh token (kept only to detect its reuse) is removed and blacklisted too, but it
--- was no longer live, so it is not counted.
-local function revoke_member(root, member)
+-- was no longer live, so it is not counted. A revoked access token is published unless
+-- 'quiet' (revoke_index publishes the whole index at once).
+local function revoke_member(root, member, quiet)
   local kind = KINDS[string.sub(member, 1, 1)]
   if kind == nil then
     return 0
@@ -46,6 +63,9 @@ local function revoke_member(root, member)
   local rotated = kind == KINDS.r and redis.call('HGET', key, 'st') == 'rotated'
   redis.call('DEL', key)
   redis.call('SET', root .. 'blacklist:' .. digest, string.sub(member, 1, 1), 'EX', ttl)
+  if kind == KINDS.a and not quiet then
+    publish_revoked(root, 't:' .. digest)
+  end
   if rotated then
     return 0
   end
@@ -56,10 +76,19 @@ end
 -- Revoke every member of an index set and delete the set; returns the number revoked.
 local function revoke_index(root, index_key)
   local revoked = 0
-  for _, member in ipairs(redis.call('SMEMBERS', index_key)) do
-    revoked = revoked + revoke_member(root, member)
+  local members = redis.call('SMEMBERS', index_key)
+  for _, member in ipairs(members) do
+    revoked = revoke_member(root, member, true) + revoked
   end
   redis.call('DEL', index_key)
+  if #members > 0 then
+    local name = string.sub(index_key, #root + 1)
+    for prefix, attribute in pairs(INDEX_ATTRIBUTES) do
+      if string.sub(name, 1, #prefix) == prefix then
+        publish_revoked(root, attribute .. string.sub(name, #prefix + 1))
+      end
+    end
+  end
   return revoked
 end
 

@@ -9,7 +9,9 @@
 -- Returns: {verdict, microseconds until a retry can be allowed, refusing bucket
 --          ('ip', 'client' or 'route'), then the token hash as field, value, ...}:
 --          verdict 1 a live token, admitted (fields follow); 0 no live token (unknown,
---          expired or revoked); -1 rate limited
+--          expired or revoked); -1 rate limited. A live token's fields end with the
+--          pseudo-field '~rl', the client's own rate limit (0 for none), for the
+--          hot-token cache to know whether a cached check may skip Redis.
 --
 -- The client's buckets depend on the token, so their keys ('auth:client:{id}',
 -- 'auth:rate_limit:client:{id}', 'auth:rate_limit:route:{route}:{id}') are derived
@@ -38,12 +40,13 @@ if live then
   live = live and client_id ~= nil
 end
 
+local override = nil
 local buckets = { { KEYS[3], tonumber(ARGV[2]) or 0, period_us, 'ip' } }
 if live then
   local root = ARGV[6]
   local client_bucket = { root .. 'rate_limit:client:' .. client_id, tonumber(ARGV[3]) or 0,
     period_us, 'client' }
-  local override = tonumber(redis.call('HGET', root .. 'client:' .. client_id, 'rate_limit'))
+  override = tonumber(redis.call('HGET', root .. 'client:' .. client_id, 'rate_limit'))
   if override ~= nil and override > 0 then
     client_bucket[2], client_bucket[3] = override, 60000000
   end
@@ -65,4 +68,6 @@ local reply = { 1, 0, '' }
 for i = 1, #token do
   reply[3 + i] = token[i]
 end
+reply[#reply + 1] = '~rl'
+reply[#reply + 1] = tostring(override or 0)
 return reply
