@@ -25,8 +25,8 @@ from tokenservice_server.storage.embedded import free_tcp_port, valkey_binary
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-PEPPER = "bench-pepper-0123456789abcdef0123456789abcdef"
-ADMIN_SECRET = "bench-admin-secret-0123456789abcdef0123456789"
+PEPPER = "bench-pepper-0123456789abcdef0123456789abcdef"  # pragma: allowlist secret
+ADMIN_SECRET = "bench-admin-secret-0123456789abcdef0123456789"  # pragma: allowlist secret
 ADMIN_CLIENT_ID = "tokenservice-admin"
 _SETPRIV = shutil.which("setpriv")
 
