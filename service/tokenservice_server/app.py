@@ -60,6 +60,8 @@ SERVICES: tuple[ServiceDescriptor, ...] = (
 )
 
 _MiB = 1024 * 1024
+_STOP_MARGIN = 5.0  # seconds past the drain grace before a stuck server stop is abandoned
+_CLOSE_TIMEOUT = 10.0  # seconds for background tasks and Redis pools to close
 _CHANNEL_OPTIONS: Sequence[tuple[str, int]] = (
     # A second server on a taken port must fail loudly, not share it silently.
     ("grpc.so_reuseport", 0),
@@ -257,16 +259,31 @@ class Application:
             await self._health.shutdown()
         if self._server is not None:
             _log.info("server_draining", grace_seconds=grace)
-            await self._server.stop(grace)
+            try:
+                # grpc cancels what is left at the end of the grace; the margin only
+                # guards against a stop that never returns.
+                async with asyncio.timeout(grace + _STOP_MARGIN):
+                    await self._server.stop(grace)
+            except TimeoutError:
+                _log.error("server_stop_timeout", grace_seconds=grace)
             self._server = None
         await self._close_resources()
         _log.info("server_stopped")
 
     async def _close_resources(self) -> None:
+        """Release Redis and background tasks within a bounded time: a Redis that hangs
+        must not hang shutdown (the embedded server is stopped whatever happens)."""
         if self._metrics_server is not None:
             self._metrics_server.stop()
             self._metrics_server = None
-        await self._stack.aclose()
+        embedded = self._redis.embedded if self._redis is not None else None
+        try:
+            async with asyncio.timeout(_CLOSE_TIMEOUT):
+                await self._stack.aclose()
+        except TimeoutError:
+            _log.error("shutdown_close_timeout", seconds=_CLOSE_TIMEOUT)
+            if embedded is not None:
+                await asyncio.to_thread(embedded.stop)
         self._redis = None
 
 

@@ -213,7 +213,11 @@ async def test_production_config_fails_over_with_the_service_connected(
                 "cert_file": str(tls_material.client_cert),
                 "key_file": str(tls_material.client_key)},
     }  # fmt: skip
-    app = await app_factory(redis=redis_settings)
+    # The loop below retries IssueToken until the new master answers; a rate limit would
+    # refuse those retries, which is not what this test is about.
+    app = await app_factory(
+        redis=redis_settings, rate_limit={"token_per_ip": 0, "token_per_client": 0}
+    )
     admin = await bootstrap_admin(app)
     assert app.addresses is not None
     async with grpc.aio.insecure_channel(app.addresses.grpc_target) as channel:
