@@ -6,19 +6,24 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from tokenservice_server.domain.clients import ClientRecord, ClientType
+from tokenservice_server.domain.clients import ClientRecord, ClientType, GrantType
 from tokenservice_server.domain.credentials import (
     CredentialKind,
     SecretHasher,
     digest,
     is_well_formed,
 )
-from tokenservice_server.domain.errors import InvalidClient, InvalidToken, Unauthenticated
+from tokenservice_server.domain.errors import (
+    InvalidClient,
+    InvalidToken,
+    Unauthenticated,
+    UnauthorizedClient,
+)
 from tokenservice_server.domain.ports import TokenStore
 from tokenservice_server.domain.token_cache import TokenCache
 from tokenservice_server.domain.tokens import Caller, TokenRecord
 
-__all__ = ["BearerAuthenticator", "authenticate_client", "bearer_token"]
+__all__ = ["BearerAuthenticator", "authenticate_client", "authenticate_for_grant", "bearer_token"]
 
 # Compared against when the client does not exist, so an unknown client id costs the
 # same time as a wrong secret and timing does not reveal which ids exist.
@@ -47,6 +52,22 @@ def authenticate_client(
     if in_grace and previous is not None and hasher.verify(secret, previous):
         return record
     raise InvalidClient()
+
+
+def authenticate_for_grant(
+    record: ClientRecord | None,
+    secret: str,
+    hasher: SecretHasher,
+    now: float,
+    grant: GrantType,
+) -> ClientRecord:
+    """Client authentication first (it reveals nothing about the client's grants), then
+    the grant must be one the client is registered for (RFC 6749 section 5.2
+    unauthorized_client)."""
+    client = authenticate_client(record, secret, hasher, now)
+    if grant not in client.spec.grant_types:
+        raise UnauthorizedClient(f"this client may not use the {grant.value} grant")
+    return client
 
 
 def bearer_token(authorization: str | None) -> str:

@@ -116,11 +116,6 @@ class _Lock:
         await self.scripts.call("release_lock", keys=[self.name], args=[self.token])
 
 
-async def _server_time(redis: Redis) -> float:
-    seconds, micros = await redis.time()
-    return float(seconds) + micros / 1e6
-
-
 async def _record(
     redis: Redis, metrics_key: str, result: CleanupResult, finished_at: float
 ) -> None:
@@ -158,7 +153,6 @@ async def cleanup_tokens(
 
     async def work(lock: _Lock) -> None:
         while True:
-            now = int(await _server_time(redis))
             reply = await scripts.call(
                 "cleanup_tokens",
                 keys=[
@@ -168,7 +162,7 @@ async def cleanup_tokens(
                     keys.SESSION_CLEANUP,
                     lock.name,
                 ],
-                args=[now, batch, keys.AUTH_ROOT, lock.token, lock.ttl_ms],
+                args=[batch, keys.AUTH_ROOT, lock.token, lock.ttl_ms],
             )
             held, *counts, rescheduled, left = (int(value) for value in reply)
             if not held:

@@ -11,7 +11,7 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tokenservice_server.domain.authentication import authenticate_client
+from tokenservice_server.domain.authentication import authenticate_for_grant
 from tokenservice_server.domain.client_attempts import STALE, with_current_client
 from tokenservice_server.domain.client_directory import ClientDirectory
 from tokenservice_server.domain.clients import ClientRecord, ClientType, GrantType
@@ -207,9 +207,9 @@ class AuthorizationCodeGrant:
 
         async def attempt(record: ClientRecord | None) -> IssuedTokens | None:
             now = self._clock()
-            client = authenticate_client(record, client_secret, self._hasher, now)
-            if GrantType.AUTHORIZATION_CODE not in client.spec.grant_types:
-                raise UnauthorizedClient("this client may not use the authorization_code grant")
+            client = authenticate_for_grant(
+                record, client_secret, self._hasher, now, GrantType.AUTHORIZATION_CODE
+            )
             wants_refresh = GrantType.REFRESH_TOKEN in client.spec.grant_types
             pair = plan_token_pair(client, self._lifetimes, refresh=wants_refresh)
             result = await self._grants.redeem_code(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from tokenservice_server.domain.authentication import authenticate_client
+from tokenservice_server.domain.authentication import authenticate_for_grant
 from tokenservice_server.domain.client_attempts import with_current_client
 from tokenservice_server.domain.client_directory import ClientDirectory
 from tokenservice_server.domain.clients import ClientRecord, GrantType
@@ -24,7 +24,6 @@ from tokenservice_server.domain.credentials import (
 from tokenservice_server.domain.errors import (
     InvalidGrant,
     InvalidRequest,
-    UnauthorizedClient,
 )
 from tokenservice_server.domain.grants.client_credentials import IssuedTokens, TokenLifetimes
 from tokenservice_server.domain.grants.issuance import plan_token_pair, settle
@@ -75,9 +74,9 @@ class RefreshTokenGrant:
 
         async def attempt(record: ClientRecord | None) -> IssuedTokens | None:
             now = self._clock()
-            client = authenticate_client(record, client_secret, self._hasher, now)
-            if GrantType.REFRESH_TOKEN not in client.spec.grant_types:
-                raise UnauthorizedClient("this client may not use the refresh_token grant")
+            client = authenticate_for_grant(
+                record, client_secret, self._hasher, now, GrantType.REFRESH_TOKEN
+            )
             pair = plan_token_pair(client, self._lifetimes, refresh=True)
             assert pair.refresh is not None
             result = await self._grants.rotate_refresh(

@@ -1,8 +1,8 @@
 -- cleanup_tokens.lua: one batch of the token cleanup job: forget what expired, atomically.
 -- KEYS: [1] auth_index_cleanup, [2] auth_token_cleanup, [3] auth_refresh_token_cleanup,
 --       [4] auth_session_cleanup, [5] the job's lock key
--- ARGV: [1] now (Unix seconds), [2] batch size (entries per sorted set), [3] key root
---       ('auth:'), [4] lock token held by the caller, [5] lock TTL (ms)
+-- ARGV: [1] batch size (entries per sorted set), [2] key root ('auth:'), [3] lock token
+--       held by the caller, [4] lock TTL (ms)
 -- Returns: {lock held (1, or 0: nothing done), index entries removed, index set
 --   memberships removed, access tokens removed, refresh tokens removed, sessions removed,
 --   entries rescheduled (record still alive), expired entries left for the next batch}
@@ -15,11 +15,13 @@
 -- not touched: its entry is rescored to the record's real expiry. The lock check makes a
 -- run that lost its lock (it expired during a pause) stop instead of racing another run.
 local index, access, refresh, sessions, lock = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local now, batch, root = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
-if redis.call('GET', lock) ~= ARGV[4] then
+-- "Now" is the server's clock, the one the expiry scores and TTLs are measured against.
+local now = tonumber(redis.call('TIME')[1])
+local batch, root = tonumber(ARGV[1]), ARGV[2]
+if redis.call('GET', lock) ~= ARGV[3] then
   return { 0, 0, 0, 0, 0, 0, 0, 0 }
 end
-redis.call('PEXPIRE', lock, tonumber(ARGV[5]))
+redis.call('PEXPIRE', lock, tonumber(ARGV[4]))
 
 local RECORD = { a = 'access_token:', r = 'refresh_token:' }
 local rescheduled = 0
