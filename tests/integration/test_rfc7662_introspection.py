@@ -95,13 +95,16 @@ async def test_active_access_and_refresh_tokens(
 
 async def test_inactive_tokens_answer_only_active_false(oauth: OAuth) -> None:
     client = await oauth.client()
-    short = await oauth.client(access_token_ttl=1)
+    short = await oauth.client(access_token_ttl=2)
     expiring = await oauth.code_flow(short)
+    # Checked at once: expiry is the issue second rounded down plus the TTL, so a token
+    # may live up to a second less than its TTL, never more.
+    assert await oauth.is_active(expiring.access_token)
     # One expired record is kept in Redis past its expiry: the server must check the
     # expiry itself, not rely on Redis having deleted the key.
     kept = await oauth.code_flow(short)
+    issued_at = time.monotonic()  # both short tokens exist by now
     assert oauth.sync.persist(f"auth:access_token:{digest(kept.access_token)}")
-    issued_at = time.monotonic()
 
     revoked = await oauth.code_flow(client)
     await oauth.revoke(revoked.access_token, client=client)
@@ -129,9 +132,8 @@ async def test_inactive_tokens_answer_only_active_false(oauth: OAuth) -> None:
         for hint in (ACCESS, REFRESH_KIND):
             assert await oauth.introspect(token, hint=hint) == INACTIVE
 
-    # Expired tokens.
-    assert await oauth.is_active(expiring.access_token)
-    await asyncio.sleep(max(0.0, 1.1 - (time.monotonic() - issued_at)))
+    # Expired tokens (issued with a 2 s TTL; 2.1 s covers the latest possible expiry).
+    await asyncio.sleep(max(0.0, 2.1 - (time.monotonic() - issued_at)))
     for token in (expiring.access_token, kept.access_token):
         assert await oauth.introspect(token) == INACTIVE
     # The live ones stay active.
