@@ -213,8 +213,8 @@ async def test_session_rpcs_are_bearer_lookup_plus_one_round_trip(
     with trips.measure() as ended:
         await warm.tokens.EndSession(pb.EndSessionRequest(session_id=sid), metadata=meta)
 
-    # CreateSession: hash, TTL and live-count entry in one MULTI/EXEC.
-    assert created == [LOOKUP, ("multi", "hset", "expire", "zadd", "exec")]
+    # CreateSession: hash, TTL and live-count entry in one script.
+    assert created == [LOOKUP, ("evalsha:create_session",)]
     assert got == [LOOKUP, ("hgetall",)]
     assert extended == [LOOKUP, ("evalsha:extend_session",)]
     # An admin's session end is audited: one XADD after the action (docs/security.md).

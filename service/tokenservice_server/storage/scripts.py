@@ -66,6 +66,7 @@ DURABLE_SCRIPTS: Final = frozenset(
         "create_client",
         "replace_client",
         "delete_client",
+        "create_session",
         "extend_session",
     }
 )

@@ -37,20 +37,25 @@ class RedisSessionStore:
         self.token_cache: TokenCache | None = None  # dropped from at once on revocation
 
     async def create(self, session: Session, ttl: int) -> None:
-        key = keys.session_key(session.session_id)
-        fields: dict[EncodableT, EncodableT] = {
-            "u": session.subject,
-            "c": session.client_id,
-            "ct": str(round(session.create_time * 1000)),
-            "et": str(round(session.expire_time * 1000)),
-            "at": json.dumps(session.attributes, separators=(",", ":"), sort_keys=True),
-        }
-        # MULTI/EXEC: the hash never exists without its TTL, in one round trip.
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(key, mapping=fields)
-            pipe.expire(key, ttl)
-            pipe.zadd(keys.SESSION_CLEANUP, {session.session_id: int(session.expire_time)})
-            await pipe.execute()
+        fields: list[EncodableT] = [
+            "u",
+            session.subject,
+            "c",
+            session.client_id,
+            "ct",
+            str(round(session.create_time * 1000)),
+            "et",
+            str(round(session.expire_time * 1000)),
+            "at",
+            json.dumps(session.attributes, separators=(",", ":"), sort_keys=True),
+        ]
+        # One script: the hash never exists without its TTL, in one round trip, and
+        # durability 'replicated' waits for a replica as for every other state change.
+        await self._scripts.call(
+            "create_session",
+            keys=[keys.session_key(session.session_id), keys.SESSION_CLEANUP],
+            args=[session.session_id, ttl, int(session.expire_time), *fields],
+        )
 
     async def get(self, session_id: str) -> Session | None:
         raw = cast("dict[bytes, bytes]", await self._redis.hgetall(keys.session_key(session_id)))

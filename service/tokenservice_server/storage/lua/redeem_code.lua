@@ -25,6 +25,11 @@ if refusal then
   return refusal
 end
 local root = ARGV[14]
+-- The same request again (a resend after a lost reply; the access digest is random per
+-- RPC): answer as the first run did instead of treating it as a second redemption.
+if code.st == 'redeemed' and code.na == ARGV[9] then
+  return { 'ok', code.s or '', code.u or '', code.n or '', code.f }
+end
 if code.st == 'redeemed' then
   revoke_index(root, root .. 'family:' .. code.f)
   redis.call('HINCRBY', 'auth_stats', 'authorization_code_reuse', 1)
@@ -55,7 +60,7 @@ if session ~= '' and redis.call('EXISTS', root .. 'session:' .. session) == 0 th
   redis.call('HSET', KEYS[2], 'st', 'redeemed')
   return { 'session_ended' }
 end
-redis.call('HSET', KEYS[2], 'st', 'redeemed')
+redis.call('HSET', KEYS[2], 'st', 'redeemed', 'na', ARGV[9])
 
 local now = tonumber(ARGV[6])
 store_pair(root, ARGV[2], now, code.f, code.u or '', session, ARGV[13],
