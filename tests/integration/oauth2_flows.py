@@ -31,6 +31,7 @@ from tokenservice.v1 import (
 )
 from tokenservice_server.app import Application
 from tokenservice_server.domain.credentials import digest
+from tokenservice_server.storage import keys
 from tokenservice_server.storage.scripts import ScriptRegistry
 
 pb = token_service_pb2
@@ -314,10 +315,18 @@ class Flow:
         no live-count entry, and a blacklist marker for every token given."""
         assert not self.sync.exists(f"auth:family:{grant_id}")
         assert self.family_records(grant_id) == []
+        # (NEVER_DECODE: access tokens' entries hold raw digest bytes.)
+        access_entries: list[bytes] = self.sync.execute_command(
+            "ZRANGE", "auth_token_cleanup", 0, -1, NEVER_DECODE=True
+        )
         for token in tokens:
-            member = ("a:" if token.startswith("tsat_") else "r:") + digest(token)
-            assert self.sync.zscore("auth_token_cleanup", member) is None
-            assert self.sync.zscore("auth_refresh_token_cleanup", member) is None
+            if token.startswith("tsat_"):
+                # Its entry starts with the compact member ('A' + raw digest).
+                member = keys.compact_access_member(digest(token))
+                assert not [entry for entry in access_entries if entry.startswith(member)]
+            else:
+                member_text = "r:" + digest(token)
+                assert self.sync.zscore("auth_refresh_token_cleanup", member_text) is None
             assert self.sync.exists(f"auth:blacklist:{digest(token)}"), token
 
     def counter(self, name: str) -> int:

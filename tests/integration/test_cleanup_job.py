@@ -75,8 +75,8 @@ def _populate(client: redis_sync.Redis, total: int, expired: int) -> dict[str, s
     return survivors
 
 
-def _index_sets(client: redis_sync.Redis) -> dict[str, set[str]]:
-    found: dict[str, set[str]] = {}
+def _index_sets(client: redis_sync.Redis) -> dict[str, set[Any]]:
+    found: dict[str, set[Any]] = {}
     for prefix in INDEX_SETS:
         for name in client.scan_iter(match=f"auth:{prefix}:*", count=5000):
             found[name] = client.smembers(name)  # type: ignore[assignment]
@@ -197,12 +197,21 @@ async def test_real_tokens_leave_exactly_their_index_sets(
         await oauth.refresh(web, first.refresh_token)
         service = await oauth.client(grant_types=(CC,), redirect_uris=())
         await oauth.client_credentials(service)
-    sync = valkey.client()
-    entries: list[str] = sync.zrange(keys.INDEX_CLEANUP, 0, -1)  # type: ignore[assignment]
-    # 2 access + 2 refresh (code flow, rotation) and the admin's and the service's tokens
-    assert len(entries) >= 6
-    for entry_ in entries:
-        member, client_id, family, session_id, subject = entry_.split("|", 4)
+    sync = valkey.client(decode_responses=False)
+    # Refresh tokens: '<r:hex>|...' entries in auth_index_cleanup; access tokens: their
+    # auth_token_cleanup member is the entry, with the compact member 'A' + raw digest.
+    refresh_entries: list[bytes] = sync.zrange(keys.INDEX_CLEANUP, 0, -1)  # type: ignore[assignment]
+    access_entries: list[bytes] = sync.zrange(keys.TOKEN_CLEANUP, 0, -1)  # type: ignore[assignment]
+    # 2 refresh (code flow, rotation); 2 access of the code flow, the admin's, the service's
+    assert len(refresh_entries) == 2
+    assert len(access_entries) >= 4
+    assert all(entry_.startswith(b"r:") for entry_ in refresh_entries)
+    assert all(entry_.startswith(b"A") for entry_ in access_entries)
+    for entry_ in refresh_entries + access_entries:
+        cut = 33 if entry_.startswith(b"A") else entry_.index(b"|")
+        member = entry_[:cut]
+        assert entry_[cut : cut + 1] == b"|"
+        client_id, family, session_id, subject = entry_[cut + 1 :].decode().split("|", 3)
         assert sync.sismember(f"auth:client_tokens:{client_id}", member)
         for prefix, part in (("family", family), ("session_tokens", session_id)):
             if part:
@@ -212,17 +221,22 @@ async def test_real_tokens_leave_exactly_their_index_sets(
     # Expire everything by hand (records gone, expiries in the past): the job empties
     # every index set, including the rotated refresh token's memberships.
     now = int(time.time())
-    for entry_ in entries:
-        member = entry_.split("|", 1)[0]
-        record = ("auth:access_token:" if member[0] == "a" else "auth:refresh_token:") + member[2:]
-        sync.delete(record)
-        sync.zadd(keys.INDEX_CLEANUP, {entry_: now - 1})
+    for index, entries in (
+        (keys.INDEX_CLEANUP, refresh_entries),
+        (keys.TOKEN_CLEANUP, access_entries),
+    ):
+        for entry_ in entries:
+            kind, token_digest = keys.member_digest(entry_)
+            sync.delete(f"auth:{'access' if kind == 'a' else 'refresh'}_token:{token_digest}")
+            sync.zadd(index, {entry_: now - 1})
     result = _cli("cleanup", "tokens", "--json", url=valkey.url)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["status"] == "done"
-    assert report["removed"]["index_entries"] == len(entries)
+    assert report["removed"]["index_entries"] == len(refresh_entries)
+    assert report["removed"]["access_tokens"] == len(access_entries)
     assert _index_sets(sync) == {}
+    assert sync.zcard(keys.TOKEN_CLEANUP) == sync.zcard(keys.INDEX_CLEANUP) == 0
     assert "cleanup_done" in result.stderr
 
 

@@ -27,6 +27,7 @@ from tokenservice.v1 import (
 )
 from tokenservice_server.app import Application
 from tokenservice_server.domain.credentials import CredentialKind, digest, is_well_formed
+from tokenservice_server.storage import keys
 
 CC = token_service_pb2.GRANT_TYPE_CLIENT_CREDENTIALS
 AUTH_CODE = token_service_pb2.GRANT_TYPE_AUTHORIZATION_CODE
@@ -136,9 +137,15 @@ async def test_response_and_stored_record(
     issued_at, expires_at = int(stored["i"]), int(stored["e"])
     assert started <= issued_at <= int(time.time())
     assert expires_at == issued_at + 900
-    member = f"a:{token_digest}"
-    assert sync.zscore("auth_token_cleanup", member) == expires_at
+    # Indexed compactly: 'A' + the raw digest; its cleanup entry names its index sets.
+    member = keys.compact_access_member(token_digest)
+    entry = keys.access_cleanup_entry(token_digest, client.client_id)
+    assert entry == member + f"|{client.client_id}|||".encode()
+    assert sync.zscore("auth_token_cleanup", entry) == expires_at
+    assert sync.zscore("auth_token_cleanup", f"a:{token_digest}") is None
+    assert sync.zcard("auth_index_cleanup") == 0  # the entry above is the only one
     assert sync.sismember(f"auth:client_tokens:{client.client_id}", member)
+    assert "j" not in stored  # the jti is derived from the digest, not stored
     assert sync.ttl(f"auth:client_tokens:{client.client_id}") >= 890
     assert _issued_count(sync) == issued_before + 1
 
@@ -165,8 +172,8 @@ async def test_per_client_ttl_override(
     assert 115 <= sync.ttl(key) <= 120
     stored = sync.hgetall(key)
     assert int(stored["e"]) - int(stored["i"]) == 120
-    member = f"a:{digest(response.access_token)}"
-    assert sync.zscore("auth_token_cleanup", member) == int(stored["e"])
+    entry = keys.access_cleanup_entry(digest(response.access_token), client.client_id)
+    assert sync.zscore("auth_token_cleanup", entry) == int(stored["e"])
 
 
 async def test_server_default_ttl_comes_from_settings(
@@ -386,7 +393,7 @@ _SCRIPT_COMMANDS = {
     "hset": 1,
     "sadd": 1,
     "ttl": 1,
-    "zadd": 2,  # auth_token_cleanup and auth_index_cleanup (for the cleanup job)
+    "zadd": 1,  # auth_token_cleanup (its entry names the index sets, for the cleanup job)
     "hincrby": 1,
 }
 # Our own observer's INFO and the health probe's PING are not the token endpoint's.

@@ -9,6 +9,7 @@ and keyed hashes must appear (positive controls: a dump that missed the data wou
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import stat
@@ -250,10 +251,11 @@ async def test_no_secret_or_token_is_stored_in_clear(
     assert PEPPER.encode() not in commands
 
     # -- positive controls: what *is* stored ------------------------------------------
-    keys = {blob.decode() for blob in _dump(valkey.client(decode_responses=False))}
+    # (Index members hold raw digest bytes: 'A' + SHA-256, not UTF-8.)
+    keys = {blob.decode(errors="replace") for blob in _dump(valkey.client(decode_responses=False))}
     for token in live_tokens:
         assert f"auth:access_token:{digest(token)}" in keys
-        assert f"a:{digest(token)}".encode() in corpus
+        assert b"A" + hashlib.sha256(token.encode()).digest() in corpus
     for token in revoked_tokens:
         assert f"auth:access_token:{digest(token)}" not in keys
         assert f"auth:blacklist:{digest(token)}" in keys

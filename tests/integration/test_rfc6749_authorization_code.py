@@ -36,6 +36,7 @@ from tokenservice_server.domain.credentials import (
     is_well_formed,
     new_credential,
 )
+from tokenservice_server.storage import keys
 
 
 @pytest.fixture
@@ -207,10 +208,12 @@ async def test_token_response(oauth: OAuth) -> None:
     assert int(refresh["e"]) == int(refresh["i"]) + 604800
     refresh_ttl = oauth.sync.ttl(f"auth:refresh_token:{digest(response.refresh_token)}")
     assert 604790 <= refresh_ttl <= 604800
-    family = oauth.sync.smembers(f"auth:family:{response.grant_id}")
-    assert family == {
-        f"a:{digest(response.access_token)}",
-        f"r:{digest(response.refresh_token)}",
+    raw = oauth.sync.execute_command(
+        "SMEMBERS", f"auth:family:{response.grant_id}", NEVER_DECODE=True
+    )
+    assert raw == {
+        keys.compact_access_member(digest(response.access_token)),
+        f"r:{digest(response.refresh_token)}".encode(),
     }
 
     # The user's access token is what the client presents: it introspects as alice's.

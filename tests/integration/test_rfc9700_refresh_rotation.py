@@ -42,12 +42,13 @@ async def oauth(app_factory: AppFactory, valkey: RedisProcess) -> AsyncIterator[
 def _live_refresh_tokens(oauth: OAuth, grant_id: str) -> set[str]:
     """Members of the grant family whose refresh token is stored and not rotated."""
     live = set()
-    members = cast("set[str]", oauth.sync.smembers(f"auth:family:{grant_id}"))
-    for member in members:
-        if member.startswith("r:"):
-            state = oauth.sync.hget(f"auth:refresh_token:{member[2:]}", "st")
+    # (NEVER_DECODE: access tokens' members hold raw digest bytes.)
+    raw = oauth.sync.execute_command("SMEMBERS", f"auth:family:{grant_id}", NEVER_DECODE=True)
+    for member in cast("set[bytes]", raw):
+        if member.startswith(b"r:"):
+            state = oauth.sync.hget(f"auth:refresh_token:{member[2:].decode()}", "st")
             if state == "live":
-                live.add(member[2:])
+                live.add(member[2:].decode())
     return live
 
 

@@ -13,6 +13,7 @@ from tests.harness.redis_servers import RedisProcess
 from tests.integration.oauth2_flows import Flow, expect_error, failure, open_flow, settle
 from tokenservice.v1 import token_service_pb2 as pb
 from tokenservice_server.domain.credentials import digest
+from tokenservice_server.storage import keys
 
 ZERO = pb.GetTokenStatsResponse()
 
@@ -116,7 +117,11 @@ async def test_expired_tokens_leave_the_live_counts(flow: Flow) -> None:
     member_count = flow.sync.zcard("auth_token_cleanup")
     assert (await flow.stats()).active_access_tokens == 2
     # Move one token's expiry into the past in the index, as time passing would.
-    assert flow.sync.zadd("auth_token_cleanup", {"a:" + digest(token): 1}, xx=True) == 0
+    client_id = flow.sync.hget(f"auth:access_token:{digest(token)}", "c")
+    assert client_id
+    entry = keys.access_cleanup_entry(digest(token), str(client_id))
+    assert flow.sync.zadd("auth_token_cleanup", {entry: 1}, xx=True) == 0
+    assert flow.sync.zscore("auth_token_cleanup", entry) == 1
     assert flow.sync.zcard("auth_token_cleanup") == member_count
     stats = await flow.stats()
     assert stats.active_access_tokens == 1

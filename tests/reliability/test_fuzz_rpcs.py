@@ -307,7 +307,9 @@ def _near_limit(target: str, admin_token: str, report: Report) -> None:
                     break
 
 
-_DIGEST_MEMBER = re.compile(r"^[ar]:[0-9a-f]{64}$")
+_DIGEST_MEMBER = re.compile(rb"^(A[\x00-\xff]{32}|r:[0-9a-f]{64})\Z")
+# An access token's auth_token_cleanup entry: its member, then the sets that index it.
+_ACCESS_ENTRY = re.compile(rb"^A[\x00-\xff]{32}\|[^|]+\|[^|]*\|[^|]*\|.*\Z", re.DOTALL)
 
 
 def assert_redis_consistent(sync: redis.Redis) -> dict[str, int]:
@@ -340,16 +342,17 @@ def assert_redis_consistent(sync: redis.Redis) -> dict[str, int]:
     for prefix in ("auth:client_tokens:", "auth:session_tokens:", "auth:subject_tokens:"):
         for key in sync.scan_iter(match=prefix + "*", count=1000):
             for member in sync.smembers(key):
-                assert _DIGEST_MEMBER.match(member.decode()), (key, member)
+                assert _DIGEST_MEMBER.match(member), (key, member)
     # Audit entries of refused requests carry the caller's target: clipped and escaped.
     for _, entry in sync.xrange("auth_audit"):
         target = entry[b"target"].decode()
         assert len(target) <= 300, target[:80]
         assert target.isprintable(), target[:80]
         counts["audit entries"] += 1
-    for zset in ("auth_token_cleanup", "auth_refresh_token_cleanup"):
-        for member in sync.zrange(zset, 0, -1):
-            assert _DIGEST_MEMBER.match(member.decode()), (zset, member)
+    for member in sync.zrange("auth_token_cleanup", 0, -1):
+        assert _ACCESS_ENTRY.match(member), member
+    for member in sync.zrange("auth_refresh_token_cleanup", 0, -1):
+        assert _DIGEST_MEMBER.match(member), member
     return dict(counts)
 
 

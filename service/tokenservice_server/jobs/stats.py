@@ -43,11 +43,11 @@ async def _memory(redis: Redis, names: list[str]) -> list[int]:
 
 
 async def _sampled(redis: Redis, index: str, to_key: Any, count: int, samples: int) -> int:
-    """Estimated bytes of the ``count`` keys named by members of ``index``."""
+    """Estimated bytes of the ``count`` keys named by members of ``index`` (``to_key`` gets
+    the raw member: access tokens' members hold raw digest bytes)."""
     if count == 0 or samples <= 0:
         return 0
-    sample: list[bytes] = await redis.zrandmember(index, samples) or []  # type: ignore[assignment]
-    members = [_text(m) for m in sample]
+    members: list[bytes] = await redis.zrandmember(index, samples) or []  # type: ignore[assignment]
     sizes = [size for size in await _memory(redis, [to_key(m) for m in members]) if size]
     return round(sum(sizes) / len(sizes) * count) if sizes else 0
 
@@ -55,9 +55,15 @@ async def _sampled(redis: Redis, index: str, to_key: Any, count: int, samples: i
 async def auth_stats(redis: Redis, *, samples: int = 50) -> dict[str, Any]:
     now = int((await redis.time())[0])
     kinds = {
-        "access_tokens": (keys.TOKEN_CLEANUP, lambda m: keys.access_token_key(m[2:])),
-        "refresh_tokens": (keys.REFRESH_CLEANUP, lambda m: keys.refresh_token_key(m[2:])),
-        "sessions": (keys.SESSION_CLEANUP, keys.session_key),
+        "access_tokens": (
+            keys.TOKEN_CLEANUP,
+            lambda m: keys.access_token_key(keys.member_digest(m)[1]),
+        ),
+        "refresh_tokens": (
+            keys.REFRESH_CLEANUP,
+            lambda m: keys.refresh_token_key(keys.member_digest(m)[1]),
+        ),
+        "sessions": (keys.SESSION_CLEANUP, lambda m: keys.session_key(_text(m))),
     }
     async with redis.pipeline(transaction=False) as pipe:
         pipe.dbsize()
@@ -77,7 +83,9 @@ async def auth_stats(redis: Redis, *, samples: int = 50) -> dict[str, Any]:
         counts[kind] = {"live": int(live), "expired_awaiting_cleanup": int(expired)}
     index_entries, index_expired, counters, cleanup = replies[8:12]
     memory: dict[str, int] = {
-        "clients": await _sampled(redis, keys.CLIENTS_INDEX, keys.client_key, clients, samples)
+        "clients": await _sampled(
+            redis, keys.CLIENTS_INDEX, lambda m: keys.client_key(_text(m)), clients, samples
+        )
     }
     for kind, (index, to_key) in kinds.items():
         memory[kind] = await _sampled(redis, index, to_key, counts[kind]["live"], samples)

@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 
 from tokenservice_server.domain.rate_limiting import Admission, TokenRequestLimits
 from tokenservice_server.domain.token_cache import TokenCache
-from tokenservice_server.domain.tokens import TokenKind, TokenRecord
+from tokenservice_server.domain.tokens import TokenKind, TokenRecord, derived_jti
 from tokenservice_server.storage import keys
 from tokenservice_server.storage.revocation_feed import index_attribute
 from tokenservice_server.storage.scripts import ScriptRegistry
@@ -43,7 +43,7 @@ def encode_access_token(record: TokenRecord) -> list[str]:
         "s": " ".join(sorted(record.scopes)),
         "i": str(record.issued_at),
         "e": str(record.expires_at),
-        "j": record.jti,
+        "j": "" if record.jti == derived_jti(record.digest) else record.jti,
         "u": record.subject,
         "a": " ".join(record.audiences),
         "n": record.session_id,
@@ -62,7 +62,7 @@ def decode_token(
         scopes=frozenset(data.get("s", "").split()),
         issued_at=int(data["i"]),
         expires_at=int(data["e"]),
-        jti=data.get("j", ""),
+        jti=data.get("j") or derived_jti(digest),
         subject=data.get("u", ""),
         audiences=tuple(data.get("a", "").split()),
         session_id=data.get("n", ""),
@@ -92,7 +92,6 @@ class RedisTokenStore:
         limits: TokenRequestLimits,
     ) -> bool | Admission:
         """True issued, False stale client, or the rate limiter's refusal."""
-        member = keys.access_token_member(record.digest)
         issued = await self._scripts.call(
             "issue_access_token",
             keys=[
@@ -107,7 +106,7 @@ class RedisTokenStore:
                 client_generation,
                 ttl,
                 record.expires_at,
-                member,
+                record.digest,
                 *token_limit_args(limits),
                 *encode_access_token(record),
             ],

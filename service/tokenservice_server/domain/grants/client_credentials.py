@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -28,7 +27,7 @@ from tokenservice_server.domain.errors import (
 from tokenservice_server.domain.ports import TokenStore
 from tokenservice_server.domain.rate_limiting import Admission, TokenRequestLimits, refused
 from tokenservice_server.domain.scopes import format_scope, parse_scope
-from tokenservice_server.domain.tokens import AccessTokenRecord
+from tokenservice_server.domain.tokens import AccessTokenRecord, derived_jti
 
 __all__ = ["ClientCredentialsGrant", "IssuedTokens", "TokenLifetimes", "resolve_scope"]
 
@@ -94,13 +93,14 @@ class ClientCredentialsGrant:
             ttl = client.spec.access_token_ttl or self._lifetimes.access_token
             token = new_credential(CredentialKind.ACCESS_TOKEN)
             issued_at = int(now)
+            token_digest = digest(token)
             token_record = AccessTokenRecord(
-                digest=digest(token),
+                digest=token_digest,
                 client_id=client.client_id,
                 scopes=scopes,
                 issued_at=issued_at,
                 expires_at=issued_at + ttl,
-                jti=secrets.token_hex(8),
+                jti=derived_jti(token_digest),
                 audiences=client.spec.audiences,
             )
             stored = await self._tokens.issue_access_token(

@@ -3,7 +3,6 @@ to the client only once that step succeeded."""
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -18,7 +17,8 @@ from tokenservice_server.domain.tokens import GrantResult
 
 __all__ = ["TokenPair", "plan_token_pair", "settle"]
 
-# (sha256 of the token, jti, TTL seconds): what storage needs to store a token.
+# (sha256 of the token, jti, TTL seconds): what storage needs to store a token. The jti is
+# "": derived from the digest when read (domain.tokens.derived_jti), never stored.
 StoredToken = tuple[str, str, int]
 
 
@@ -31,13 +31,13 @@ class TokenPair:
 
     @property
     def access(self) -> StoredToken:
-        return (digest(self.access_token), secrets.token_hex(8), self.access_ttl)
+        return (digest(self.access_token), "", self.access_ttl)
 
     @property
     def refresh(self) -> StoredToken | None:
         if not self.refresh_token:
             return None
-        return (digest(self.refresh_token), secrets.token_hex(8), self.refresh_ttl)
+        return (digest(self.refresh_token), "", self.refresh_ttl)
 
     def issued(self, result: GrantResult) -> IssuedTokens:
         return IssuedTokens(

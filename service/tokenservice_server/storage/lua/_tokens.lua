@@ -3,16 +3,24 @@
 -- ARGV: none of its own
 -- Returns: defines local functions; include it before first use
 --
--- Index members name a token as '<kind>:<sha256>' with kind 'a' (access token) or
--- 'r' (refresh token). Revoking deletes the record, removes the member from its cleanup
--- set and leaves a blacklist marker 'auth:blacklist:<sha256>' until the token's natural
--- expiry, so a revoked token never becomes valid again, even from a stale record copy.
+-- Index members name a token. An access token is 'A' followed by the raw 32-byte SHA-256
+-- (33 bytes: every live token costs memory, see docs/performance.md); a refresh token is
+-- 'r:<sha256 hex>'. Access tokens stored before this form existed are 'a:<sha256 hex>'
+-- (data model 1): every step here still understands them. Revoking deletes the record,
+-- removes the token from its cleanup set and leaves a blacklist marker
+-- 'auth:blacklist:<sha256 hex>' until the token's natural expiry, so a revoked token never
+-- becomes valid again, even from a stale record copy.
 --
--- Every stored token also gets an entry in 'auth_index_cleanup' (score: its expiry),
--- '<member>|<client>|<family>|<session>|<subject>' (empty parts for indexes it is not in;
--- the subject last, as it may contain '|'). Revocation and rotation leave it alone, so the
--- cleanup job (cleanup_tokens.lua) can remove the member from exactly the index sets
--- that still name it once the token has expired, without reading the expired record.
+-- A stored token's cleanup entry says which index sets name it, '<member>|<client>|
+-- <family>|<session>|<subject>' (empty parts for indexes it is not in; the subject last,
+-- as it may contain '|'), so the cleanup job (cleanup_tokens.lua) can remove it from
+-- exactly those sets once it has expired, without reading the expired record. For an
+-- access token this entry *is* its 'auth_token_cleanup' member (score: its expiry);
+-- revoking reads the record, removes the token from its index sets at once and the entry
+-- with it. A refresh token has the plain member 'r:<hex>' in 'auth_refresh_token_cleanup'
+-- (rotation removes it: no longer live) and the entry in 'auth_index_cleanup', which
+-- revocation and rotation leave alone (the sets still name a rotated token); legacy
+-- 'a:<hex>' access tokens have the same two-entry layout.
 --
 -- Every revocation is also published on the channel '<root>revocations' (one message per
 -- revoked access token or per revoked index) so each replica's hot-token cache
@@ -26,6 +34,50 @@ local KINDS = {
   r = { record = 'refresh_token:', cleanup = 'auth_refresh_token_cleanup',
         stat = 'refresh_tokens_revoked' },
 }
+KINDS.A = KINDS.a
+
+-- Raw digest bytes <-> lowercase hex (record and blacklist keys use hex).
+local function digest_hex(raw)
+  return (string.gsub(raw, '.', function(c) return string.format('%02x', string.byte(c)) end))
+end
+
+local function digest_raw(hex)
+  return (string.gsub(hex, '%x%x', function(h) return string.char(tonumber(h, 16)) end))
+end
+
+-- The compact index member of an access token, from its hex digest.
+local function access_member(hex)
+  return 'A' .. digest_raw(hex)
+end
+
+-- Kind letter and hex digest of an index member in either form ('A' + raw, or 'x:' + hex).
+local function member_digest(member)
+  local letter = string.sub(member, 1, 1)
+  if letter == 'A' then
+    return 'a', digest_hex(string.sub(member, 2, 33))
+  end
+  return letter, string.sub(member, 3)
+end
+
+-- An access token's 'auth_token_cleanup' entry (see above); fields: record field map.
+local function access_entry(member, fields)
+  return member .. '|' .. (fields.c or '') .. '|' .. (fields.f or '') .. '|'
+    .. (fields.n or '') .. '|' .. (fields.u or '')
+end
+
+-- Remove an access token (both member forms) from the index sets its record names and
+-- from 'auth_token_cleanup'.
+local function unindex_access(root, hex, fields)
+  local members = { access_member(hex), 'a:' .. hex }
+  local sets = { 'client_tokens:' .. (fields.c or '') }
+  if (fields.f or '') ~= '' then sets[#sets + 1] = 'family:' .. fields.f end
+  if (fields.n or '') ~= '' then sets[#sets + 1] = 'session_tokens:' .. fields.n end
+  if (fields.u or '') ~= '' then sets[#sets + 1] = 'subject_tokens:' .. fields.u end
+  for _, set in ipairs(sets) do
+    redis.call('SREM', root .. set, unpack(members))
+  end
+  redis.call('ZREM', KINDS.a.cleanup, access_entry(members[1], fields), members[2])
+end
 
 local INDEX_ATTRIBUTES = {
   ['family:'] = 'f:', ['client_tokens:'] = 'c:', ['subject_tokens:'] = 'u:',
@@ -49,20 +101,29 @@ end
 -- was no longer live, so it is not counted. A revoked access token is published unless
 -- 'quiet' (revoke_index publishes the whole index at once).
 local function revoke_member(root, member, quiet)
-  local kind = KINDS[string.sub(member, 1, 1)]
+  local letter, digest = member_digest(member)
+  local kind = KINDS[letter]
   if kind == nil then
     return 0
   end
-  local digest = string.sub(member, 3)
   local key = root .. kind.record .. digest
   local ttl = redis.call('TTL', key)
-  redis.call('ZREM', kind.cleanup, member)
+  if kind == KINDS.a then
+    -- Expired (ttl <= 0): its cleanup entry, unknown without the record, stays for the
+    -- cleanup job; a legacy plain member can go at once.
+    redis.call('ZREM', kind.cleanup, 'a:' .. digest)
+    if ttl > 0 then
+      unindex_access(root, digest, hash_to_map(redis.call('HGETALL', key)))
+    end
+  else
+    redis.call('ZREM', kind.cleanup, member)
+  end
   if ttl <= 0 then
     return 0
   end
   local rotated = kind == KINDS.r and redis.call('HGET', key, 'st') == 'rotated'
   redis.call('DEL', key)
-  redis.call('SET', root .. 'blacklist:' .. digest, string.sub(member, 1, 1), 'EX', ttl)
+  redis.call('SET', root .. 'blacklist:' .. digest, letter, 'EX', ttl)
   if kind == KINDS.a and not quiet then
     publish_revoked(root, 't:' .. digest)
   end
@@ -108,10 +169,16 @@ local function store_token(root, kind, digest, fields, ttl, expires_at, client_i
   local key = root .. KINDS[kind].record .. digest
   redis.call('HSET', key, unpack(fields))
   redis.call('EXPIRE', key, ttl)
-  redis.call('ZADD', KINDS[kind].cleanup, expires_at, member)
   -- Where the member is indexed, for the cleanup job once the record has expired.
-  redis.call('ZADD', 'auth_index_cleanup', expires_at,
-    member .. '|' .. client_id .. '|' .. family .. '|' .. session .. '|' .. subject)
+  if kind == 'a' then
+    member = access_member(digest)
+    redis.call('ZADD', KINDS.a.cleanup, expires_at, access_entry(member,
+      { c = client_id, f = family, n = session, u = subject }))
+  else
+    redis.call('ZADD', KINDS[kind].cleanup, expires_at, member)
+    redis.call('ZADD', 'auth_index_cleanup', expires_at,
+      member .. '|' .. client_id .. '|' .. family .. '|' .. session .. '|' .. subject)
+  end
   index_member(root .. 'client_tokens:' .. client_id, member, ttl)
   if family ~= '' then
     index_member(root .. 'family:' .. family, member, ttl)
@@ -139,11 +206,15 @@ local function grant_fields(client_id, issued_at, family, subject, session)
 end
 
 -- Store the access token and (when refresh_ttl > 0) the refresh token of one grant step.
--- access/refresh: { sha256, jti, ttl, scope }; audiences: space separated or ''.
+-- access/refresh: { sha256, jti ('' = derived from the digest, not stored), ttl, scope };
+-- audiences: space separated or ''.
 local function store_pair(root, client_id, now, family, subject, session, audiences, access,
                           refresh)
   local common = grant_fields(client_id, now, family, subject, session)
-  local fields = { 'e', tostring(now + access[3]), 'j', access[2], 's', access[4] }
+  local fields = { 'e', tostring(now + access[3]), 's', access[4] }
+  if access[2] ~= '' then
+    table.insert(fields, 'j'); table.insert(fields, access[2])
+  end
   if audiences ~= '' then
     table.insert(fields, 'a'); table.insert(fields, audiences)
   end
@@ -151,7 +222,10 @@ local function store_pair(root, client_id, now, family, subject, session, audien
   store_token(root, 'a', access[1], fields, access[3], now + access[3], client_id, family,
     subject, session)
   if refresh[3] > 0 then
-    fields = { 'e', tostring(now + refresh[3]), 'j', refresh[2], 's', refresh[4], 'st', 'live' }
+    fields = { 'e', tostring(now + refresh[3]), 's', refresh[4], 'st', 'live' }
+    if refresh[2] ~= '' then
+      table.insert(fields, 'j'); table.insert(fields, refresh[2])
+    end
     for _, v in ipairs(common) do table.insert(fields, v) end
     store_token(root, 'r', refresh[1], fields, refresh[3], now + refresh[3], client_id, family,
       subject, session)

@@ -9,11 +9,13 @@
 --
 -- Each sorted set scores its members by expiry, so ZRANGEBYSCORE -inf..now LIMIT batch
 -- reads only what expired: the cost is proportional to what expired, never to what
--- exists. An 'auth_index_cleanup' entry names the token and every index set it was added
--- to (see _tokens.lua), so the token leaves exactly those sets; a set left empty
--- disappears. A record still alive (the issuing server's clock ran ahead of Redis's) is
+-- exists. A cleanup entry names the token and every index set it was added to (see
+-- _tokens.lua: an access token's 'auth_token_cleanup' member 'A<raw sha256>|...', a
+-- refresh or legacy access token's 'auth_index_cleanup' entry), so the token leaves
+-- exactly those sets; a set left empty disappears. A record still alive (the issuing server's clock ran ahead of Redis's) is
 -- not touched: its entry is rescored to the record's real expiry. The lock check makes a
 -- run that lost its lock (it expired during a pause) stop instead of racing another run.
+-- include: _tokens.lua
 local index, access, refresh, sessions, lock = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 -- "Now" is the server's clock, the one the expiry scores and TTLs are measured against.
 local now = tonumber(redis.call('TIME')[1])
@@ -52,44 +54,73 @@ local function sweep(set, prefix, skip)
   return removed
 end
 
-local entries, memberships = 0, 0
-for _, entry in ipairs(expired(index)) do
+-- Split an entry '<member>|<client>|<family>|<session>|<subject>' into the member, its
+-- record key and the other parts; a plain legacy member ('a:<hex>') yields no parts but
+-- its record key; nil, nil when malformed. A compact member is 33 bytes whatever they are
+-- (raw digest bytes may include '|'); the subject may contain '|'.
+local function parse(entry)
   local parts, start = {}, 1
-  for _ = 1, 4 do
+  local letter = string.sub(entry, 1, 1)
+  if letter == 'A' then
+    if string.sub(entry, 34, 34) ~= '|' then return nil, nil end
+    parts[1] = string.sub(entry, 1, 33)
+    start = 35
+  elseif RECORD[letter] and #entry == 66 and string.sub(entry, 2, 2) == ':' then
+    return nil, RECORD[letter] .. string.sub(entry, 3)
+  end
+  while #parts < 4 do
     local bar = string.find(entry, '|', start, true)
-    if bar == nil then break end
+    if bar == nil then return nil, nil end
     parts[#parts + 1] = string.sub(entry, start, bar - 1)
     start = bar + 1
   end
-  local member = parts[1]
-  local record = member and RECORD[string.sub(member, 1, 1)]
-  local left = 0
-  if #parts == 4 and record then
-    left = remaining(root .. record .. string.sub(member, 3))
+  parts[5] = string.sub(entry, start)
+  local kind, digest = member_digest(parts[1])
+  if RECORD[kind] == nil then
+    return nil, nil
   end
-  if left > 0 then
-    redis.call('ZADD', index, now + left, entry)
-    rescheduled = rescheduled + 1
-  else
-    if #parts == 4 and record then
-      local subject = string.sub(entry, start)
-      memberships = memberships + redis.call('SREM', root .. 'client_tokens:' .. parts[2], member)
-      if parts[3] ~= '' then
-        memberships = memberships + redis.call('SREM', root .. 'family:' .. parts[3], member)
-      end
-      if parts[4] ~= '' then
-        memberships = memberships
-          + redis.call('SREM', root .. 'session_tokens:' .. parts[4], member)
-      end
-      if subject ~= '' then
-        memberships = memberships + redis.call('SREM', root .. 'subject_tokens:' .. subject, member)
-      end
-    end
-    entries = entries + redis.call('ZREM', index, entry)
-  end
+  return parts, RECORD[kind] .. digest
 end
 
-local access_removed = sweep(access, root .. RECORD.a, 3)
+-- Forget expired entries of a set of cleanup entries: each token leaves the index sets
+-- its entry names. Returns the entries removed and the set memberships removed.
+local function sweep_entries(set)
+  local removed, unindexed = 0, 0
+  for _, entry in ipairs(expired(set)) do
+    local parts, record = parse(entry)
+    local left = 0
+    if record then
+      left = remaining(root .. record)
+    end
+    if left > 0 then
+      redis.call('ZADD', set, now + left, entry)
+      rescheduled = rescheduled + 1
+    else
+      if parts then
+        local member = parts[1]
+        unindexed = unindexed + redis.call('SREM', root .. 'client_tokens:' .. parts[2], member)
+        if parts[3] ~= '' then
+          unindexed = unindexed + redis.call('SREM', root .. 'family:' .. parts[3], member)
+        end
+        if parts[4] ~= '' then
+          unindexed = unindexed + redis.call('SREM', root .. 'session_tokens:' .. parts[4], member)
+        end
+        if parts[5] ~= '' then
+          unindexed = unindexed + redis.call('SREM', root .. 'subject_tokens:' .. parts[5], member)
+        end
+      end
+      removed = removed + redis.call('ZREM', set, entry)
+    end
+  end
+  return removed, unindexed
+end
+
+local entries, memberships = sweep_entries(index)
+
+-- auth_token_cleanup holds compact entries ('A...|...', which carry the index sets) and
+-- legacy plain members ('a:<hex>', whose sets are named in auth_index_cleanup).
+local access_removed, access_memberships = sweep_entries(access)
+memberships = memberships + access_memberships
 local refresh_removed = sweep(refresh, root .. RECORD.r, 3)
 local sessions_removed = sweep(sessions, root .. 'session:', 1)
 
