@@ -70,11 +70,18 @@ def print_table(results: dict[str, Any]) -> None:
     memory = results.get("memory")
     if memory and memory["bytes_per_token"]:
         ok = memory["bytes_per_token"] <= memory["target_bytes"]
+        indexes = ", ".join(
+            f"{name} {size:.0f} B"
+            for name, size in (memory.get("index_growth_per_token") or {}).items()
+            if abs(size) >= 1
+        )
         print(
-            f"Redis memory per live access token (used_memory delta over {memory['tokens']} "
-            f"tokens, index entries included): {memory['bytes_per_token']:.0f} B "
-            f"(target <= {memory['target_bytes']}: {_verdict(ok)}); MEMORY USAGE of the token "
-            f"key alone: {_fmt(memory['memory_usage_token_key_mean'], '.0f')} B"
+            f"Redis memory per live access token (MEMORY USAGE growth of every key over "
+            f"{memory['tokens']} tokens, index entries included): "
+            f"{memory['bytes_per_token']:.0f} B (target <= {memory['target_bytes']}: "
+            f"{_verdict(ok)}); the token key "
+            f"{_fmt(memory['memory_usage_token_key_mean'], '.0f')} B, {indexes}; "
+            f"used_memory delta {_fmt(memory.get('used_memory_per_token'), '.0f')} B"
         )
     edge = results.get("edge")
     if edge:

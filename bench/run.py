@@ -208,12 +208,15 @@ class Bench:
     # -- the special phases -------------------------------------------------------------
 
     def memory_per_token(self) -> tuple[dict[str, Any], list[str]]:
-        """Issue N tokens; used_memory delta / N covers the token key and every index entry
-        (auth_token_cleanup, auth_index_cleanup, auth:client_tokens:*). MEMORY USAGE of
-        sampled token keys is reported alongside (the key alone)."""
+        """Issue N tokens; the figure is the growth of MEMORY USAGE (SAMPLES 0, every element
+        counted) summed over every key of the auth DB, divided by N: the token records and
+        each index's growth (auth_token_cleanup, auth:client_tokens:*, ...), the issue 9
+        target's measure. used_memory's delta per token is reported alongside; it also
+        counts the keyspace's own tables and allocator slack."""
         redis = self.valkey.client()
         count = self.settings.memory_tokens
         redis.memory_purge()
+        before_keys = _memory_usage(redis)
         before = int(redis.info("memory")["used_memory"])
         result = self.phase(
             "issue_cc",
@@ -223,14 +226,30 @@ class Bench:
             keep_results=True,
         )
         after = int(redis.info("memory")["used_memory"])
+        after_keys = _memory_usage(redis)
         tokens = [t for t in result["results"] if t]
-        keys = [k for k in redis.scan_iter(match="auth:access_token:*", count=1000)][:200]
-        usage = [int(redis.memory_usage(k) or 0) for k in keys]
+        growth = {
+            name: after_keys.get(name, 0) - before_keys.get(name, 0)
+            for name in after_keys.keys() | before_keys.keys()
+        }
+        records = [n for n in growth if n.startswith(b"auth:access_token:") and growth[n] > 0]
+        indexes = {
+            n.decode(errors="replace"): size
+            for n, size in growth.items()
+            if size and not n.startswith(b"auth:access_token:")
+        }
         figures = {
             "tokens": len(tokens),
+            "memory_usage_delta": sum(growth.values()),
+            "bytes_per_token": sum(growth.values()) / len(tokens) if tokens else None,
             "used_memory_delta": after - before,
-            "bytes_per_token": (after - before) / len(tokens) if tokens else None,
-            "memory_usage_token_key_mean": statistics.fmean(usage) if usage else None,
+            "used_memory_per_token": (after - before) / len(tokens) if tokens else None,
+            "memory_usage_token_key_mean": (
+                statistics.fmean(growth[n] for n in records) if records else None
+            ),
+            "index_growth_per_token": {
+                name: size / len(tokens) for name, size in sorted(indexes.items()) if tokens
+            },
             "target_bytes": 400,
         }
         return figures, tokens
@@ -420,6 +439,18 @@ def main(argv: list[str] | None = None) -> int:
 
 def _step(what: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {what}", flush=True)
+
+
+def _memory_usage(redis: Any) -> dict[bytes, int]:
+    """MEMORY USAGE (SAMPLES 0) of every key of the selected database."""
+    names: list[bytes] = list(redis.scan_iter(count=1000))
+    sizes: list[Any] = []
+    for start in range(0, len(names), 1000):
+        with redis.pipeline(transaction=False) as pipe:
+            for name in names[start : start + 1000]:
+                pipe.memory_usage(name, samples=0)
+            sizes.extend(pipe.execute())
+    return {name: int(size or 0) for name, size in zip(names, sizes, strict=True)}
 
 
 def run(bench: Bench, names: list[str], soak_only: bool) -> None:
