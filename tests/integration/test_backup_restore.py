@@ -19,7 +19,7 @@ from tests.helpers import tool
 from tests.integration.cache_support import cache_caller, entry
 from tests.integration.oauth2_support import CC, oauth_server
 from tokenservice.v1 import token_service_pb2 as pb
-from tokenservice_server.storage.data_model import DATA_MODEL_VERSION
+from tokenservice_server.storage.data_model import DATA_MODEL_VERSION, READABLE_DATA_MODEL_VERSIONS
 
 
 def _cli(*args: str, url: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -206,3 +206,64 @@ def test_restore_refuses_another_data_model_version_and_skips_what_expired(
     assert 45_000 < client.pttl("left") <= 50_000
     assert client.smembers("kept") == {"a", "b"}
     assert client.ttl("kept") == -1
+
+
+def test_a_backup_of_data_model_1_restores_as_this_code_reads_it(
+    valkey: RedisProcess, tmp_path: Path
+) -> None:
+    """Version 2 only changed how new access tokens are indexed and reads version 1 data as
+    is, so a version 1 backup (here: an access token indexed the old way) needs no --force."""
+    assert DATA_MODEL_VERSION == 2
+    assert {1, 2} == READABLE_DATA_MODEL_VERSIONS
+    hexdigest = "ab" * 32
+    expiry, member = int(time.time()) + 900, f"a:{'ab' * 32}"
+    record = {"c": "svc", "s": "read", "i": str(expiry - 900), "e": str(expiry), "j": "0123"}
+    lines: list[dict[str, Any]] = [
+        {
+            "format": "tokenservice-backup",
+            "format_version": 1,
+            "data_model_version": 1,
+            "created": time.time(),
+            "dbs": ["auth"],
+        },
+        {
+            "db": "auth",
+            "key": f"auth:access_token:{hexdigest}",
+            "type": "hash",
+            "value": record,
+            "pttl": 900_000,
+            "t": 0,
+        },
+        {
+            "db": "auth",
+            "key": "auth:client_tokens:svc",
+            "type": "set",
+            "value": [member],
+            "pttl": 900_000,
+            "t": 0,
+        },
+        {
+            "db": "auth",
+            "key": "auth_token_cleanup",
+            "type": "zset",
+            "value": [[member, expiry]],
+            "pttl": -1,
+            "t": 0,
+        },
+        {
+            "db": "auth",
+            "key": "auth_index_cleanup",
+            "type": "zset",
+            "value": [[f"{member}|svc|||", expiry]],
+            "pttl": -1,
+            "t": 0,
+        },
+    ]
+    backup = tmp_path / "v1.jsonl"
+    backup.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    restored = _cli("restore", "-i", str(backup), "--json", url=valkey.url)
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    assert json.loads(restored.stdout)["restored"] == {"auth": 4}
+    client = valkey.client()
+    assert client.hgetall(f"auth:access_token:{hexdigest}") == record
+    assert client.smembers("auth:client_tokens:svc") == {member}

@@ -85,6 +85,25 @@ async def test_a_healthy_standalone_redis_passes(redis_server_factory: Any, tmp_
     assert parsed["counts"] == {"ok": len(report.findings), "warn": 0, "fail": 0}
 
 
+async def test_an_older_data_model_this_code_reads_is_a_warning(valkey: Any) -> None:
+    """Data model 1 (access tokens indexed the earlier way) is served as is by this code:
+    a warning to record the new version, not a failure; an unknown older one fails."""
+    _prepare_healthy(valkey)
+    with valkey.client() as auth:
+        auth.hset("auth_config", "data_model_version", "1")
+    report = await run_doctor(_settings({"url": valkey.url}))
+    finding = next(f for f in report.findings if f.check == "data model")
+    assert finding.status is Status.WARN, report.render()
+    assert "tokenservice init" in finding.hint
+    assert report.exit_code() == 0
+
+    with valkey.client() as auth:
+        auth.hset("auth_config", "data_model_version", "0")
+    report = await run_doctor(_settings({"url": valkey.url}))
+    finding = next(f for f in report.findings if f.check == "data model")
+    assert finding.status is Status.FAIL
+
+
 async def test_an_unsafe_eviction_policy_fails_with_a_fix(valkey: Any, tmp_path: Path) -> None:
     _prepare_healthy(valkey)
     with valkey.client() as client:

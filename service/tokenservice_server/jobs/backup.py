@@ -23,7 +23,8 @@ type), so the server is never blocked by the whole keyspace and the file is stre
 never held in memory. A key changed during the backup is saved as one of its states
 (SCAN's guarantees: every key present from start to end is included once at least).
 
-Restore refuses a backup of another data-model version (``--force`` overrides), skips
+Restore refuses a backup of a data-model version this code cannot read (``--force``
+overrides; an older version that this code reads as is restores), skips
 keys whose TTL ran out since, keeps keys that exist unless ``--replace``, and writes in
 MULTI/EXEC batches: a key is never visible without its TTL.
 """
@@ -45,7 +46,10 @@ from tokenservice_server.config import Settings
 from tokenservice_server.jobs.progress import Progress
 from tokenservice_server.logging import get_logger
 from tokenservice_server.storage.connection import RedisConnections, open_redis
-from tokenservice_server.storage.data_model import DATA_MODEL_VERSION
+from tokenservice_server.storage.data_model import (
+    DATA_MODEL_VERSION,
+    READABLE_DATA_MODEL_VERSIONS,
+)
 
 __all__ = [
     "BACKUP_FORMAT",
@@ -301,7 +305,7 @@ async def restore_lines(
         raise BackupError("not a tokenservice backup: unknown header")
     version = int(header.get("data_model_version", 0))
     report = RestoreReport(data_model_version=version)
-    if version != DATA_MODEL_VERSION and not force:
+    if version not in READABLE_DATA_MODEL_VERSIONS and not force:
         raise BackupError(
             f"the backup has data-model version {version}, this tokenservice writes "
             f"{DATA_MODEL_VERSION}: migrate it or restore with --force"

@@ -16,7 +16,7 @@ exits 1 when a check failed (``--strict``: also on a warning). Checks, in order:
 * **scripts**: every Lua script of this version loads (``SCRIPT LOAD``) and is then in
   the script cache (``SCRIPT EXISTS``);
 * **data model**: ``auth_config.data_model_version`` (written by ``tokenservice init``)
-  equals the version this code writes;
+  equals the version this code writes (an older one this code reads as is: a warning);
 * **cleanup jobs**: ``auth_cleanup_metrics`` / ``cache_cleanup_metrics`` say the jobs
   ran recently (``last_run``);
 * **clock**: the Redis server's ``TIME`` and the local clock agree.
@@ -55,7 +55,10 @@ from tokenservice_server.storage.connection import (
     _ssl_kwargs,
     connect_redis,
 )
-from tokenservice_server.storage.data_model import DATA_MODEL_VERSION
+from tokenservice_server.storage.data_model import (
+    DATA_MODEL_VERSION,
+    READABLE_DATA_MODEL_VERSIONS,
+)
 from tokenservice_server.storage.scripts import ScriptRegistry
 
 __all__ = ["DoctorReport", "Finding", "Status", "run_doctor", "run_doctor_command"]
@@ -679,6 +682,16 @@ class _Doctor:
             stored = -1
         if stored == DATA_MODEL_VERSION:
             self.report.add("data model", Status.OK, f"version {stored}", version=stored)
+        elif stored in READABLE_DATA_MODEL_VERSIONS:
+            self.report.add(
+                "data model",
+                Status.WARN,
+                f"Redis records data model {stored}; this code reads it as is and writes "
+                f"{DATA_MODEL_VERSION}",
+                "record the new version (tokenservice init), so an older release is warned",
+                stored=_text(raw),
+                expected=DATA_MODEL_VERSION,
+            )
         elif 0 <= stored < DATA_MODEL_VERSION:
             self.report.add(
                 "data model",
