@@ -8,8 +8,9 @@ entries that *index* them: the expiry sorted sets (``auth_token_cleanup``,
 ``cache_sizes`` indexes plus invalidated generations. These jobs remove them.
 
 Cost is proportional to what expired: every sorted set is scored by expiry and read with
-``ZRANGEBYSCORE -inf now LIMIT 0 batch``; the ``auth_index_cleanup`` entry of a token
-names the index sets it is in, so nothing is scanned. Each batch is one Lua script
+``ZRANGEBYSCORE -inf now LIMIT 0 batch``; a token's cleanup entry names the index sets
+it is in (an access token's ``auth_token_cleanup`` member, a refresh token's
+``auth_index_cleanup`` entry), so nothing is scanned. Each batch is one Lua script
 (atomic, safe under live traffic). A lock (``SET NX PX``, refreshed by every batch and
 checked inside the script) keeps two runs from sharing the work: the second one finds
 the lock and exits with nothing to do, or waits for it with ``--wait``.
