@@ -190,7 +190,7 @@ class Application:
                     components.introspector,
                     components.revoker,
                     components.sessions,
-                    components.tokens.statistics,
+                    components.token_statistics,
                     components.token_throttle,
                     self.metrics,
                     components.audit,

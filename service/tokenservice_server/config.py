@@ -321,7 +321,7 @@ class TokenCacheSettings(_Strict):
     Check and caller authentication, dropped on every replica when a revocation is
     published on ``auth:revocations``; bypassed while that channel is down."""
 
-    enabled: bool = Field(default=False, description="cache live access tokens in process")
+    enabled: bool = Field(default=True, description="cache live access tokens in process")
     max_entries: int = Field(default=100_000, ge=1, le=10_000_000, description="LRU bound")
     ttl: float = Field(
         default=5.0, gt=0, le=60, description="seconds an entry lives, invalidated or not"

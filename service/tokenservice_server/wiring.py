@@ -32,6 +32,7 @@ from tokenservice_server.domain.revocation import Revoker
 from tokenservice_server.domain.sessions import SessionService
 from tokenservice_server.domain.stats_buffer import StatsBuffer
 from tokenservice_server.domain.token_cache import TokenCache
+from tokenservice_server.domain.token_lookup import TokenLookup
 from tokenservice_server.logging import get_logger
 from tokenservice_server.storage.audit_store import RedisAuditStore
 from tokenservice_server.storage.cache_store import RedisCacheStore
@@ -76,9 +77,16 @@ class Components:
     cache: CacheService  # CacheService, on the cache DB
     access_checker: AccessChecker  # Envoy ext_authz Check
     token_throttle: TokenEndpointThrottle  # IssueToken rate limits
-    check_stats: StatsBuffer  # check counters, flushed to auth_stats in batches
+    check_stats: StatsBuffer  # Check and introspection counters, flushed to auth_stats
     audit: AuditTrail  # audit trail of admin actions (log + auth_audit stream)
     token_cache: TokenCache | None = None  # hot-token cache (token_cache.enabled)
+
+    async def token_statistics(self) -> dict[str, int]:
+        """``auth_stats`` and live counts, plus this replica's counts not flushed yet."""
+        stats = await self.tokens.statistics()
+        for name, amount in self.check_stats.pending.items():
+            stats[name] = stats.get(name, 0) + amount
+        return stats
 
 
 def _write_private(path: Path, content: str) -> None:
@@ -153,9 +161,10 @@ def build_components(
         replica_ack_timeout_ms=settings.redis.replica_ack_timeout_ms if durable else None,
     )
     clients = RedisClientStore(redis.auth, scripts)
-    tokens = RedisTokenStore(redis.auth, scripts)
+    audit_bound = settings.auth.audit_max_entries
+    tokens = RedisTokenStore(redis.auth, scripts, audit_max_entries=audit_bound)
     clients.token_cache = tokens.token_cache = token_cache
-    session_store = RedisSessionStore(redis.auth, scripts)
+    session_store = RedisSessionStore(redis.auth, scripts, audit_max_entries=audit_bound)
     session_store.token_cache = token_cache
     hasher = SecretHasher(resolve_pepper(settings), previous_peppers(settings))
     directory = ClientDirectory(clients, settings.auth.client_cache_size)
@@ -170,6 +179,7 @@ def build_components(
     limits = settings.rate_limit
     policy = RateLimitPolicy(**limits.model_dump())
     check_stats = StatsBuffer(RedisStatsStore(redis.auth))
+    lookup = TokenLookup(tokens, token_cache)
     return Components(
         registry=registry,
         client_credentials=ClientCredentialsGrant(directory, tokens, hasher, lifetimes, time.time),
@@ -185,10 +195,10 @@ def build_components(
         refresh_token=RefreshTokenGrant(
             directory, grants, hasher, lifetimes, time.time, reuse_grace=auth.refresh_reuse_grace
         ),
-        introspector=Introspector(tokens, time.time, auth.issuer),
+        introspector=Introspector(lookup, check_stats, time.time, auth.issuer),
         revoker=Revoker(directory, tokens, hasher, time.time),
         sessions=SessionService(session_store, time.time, auth.session_ttl),
-        authenticator=BearerAuthenticator(tokens, time.time, token_cache),
+        authenticator=BearerAuthenticator(lookup, time.time),
         clients=clients,
         tokens=tokens,
         cache=_cache_service(settings, redis),
@@ -203,7 +213,7 @@ def build_components(
         ),
         token_throttle=TokenEndpointThrottle(RedisRateLimitStore(scripts), policy),
         check_stats=check_stats,
-        audit=AuditTrail(RedisAuditStore(redis.auth, auth.audit_max_entries), time.time),
+        audit=AuditTrail(RedisAuditStore(redis.auth, audit_bound), time.time),
         token_cache=token_cache,
     )
 

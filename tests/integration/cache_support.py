@@ -20,6 +20,7 @@ from tokenservice.v1.client_registry_pb2_grpc import ClientRegistryStub
 from tokenservice_server.app import Application
 
 CACHE_DB = 1  # redis.cache_db default
+AUTH_DB = 0  # redis.auth_db default
 
 
 class Cache:

@@ -39,15 +39,13 @@ from tokenservice_server.storage.audit_store import RedisAuditStore
 CC = token_service_pb2.GRANT_TYPE_CLIENT_CREDENTIALS
 
 
-async def _admin_actions(channel: grpc.aio.Channel, token: str) -> str:
-    """One of every audited action, plus failures; returns the created client's id."""
-    registry = client_registry_pb2_grpc.ClientRegistryStub(channel)
-    tokens = token_service_pb2_grpc.TokenServiceStub(channel)
-    meta = bearer(token)
-    created = await registry.CreateClient(
+async def _create_client(
+    registry: client_registry_pb2_grpc.ClientRegistryStub, meta: Any, client_id: str
+) -> client_registry_pb2.CreateClientResponse:
+    return await registry.CreateClient(
         client_registry_pb2.CreateClientRequest(
             client=client_registry_pb2.Client(
-                client_id="audited",
+                client_id=client_id,
                 client_type=client_registry_pb2.CLIENT_TYPE_CONFIDENTIAL,
                 allowed_grant_types=[CC],
                 allowed_scopes=["read"],
@@ -56,6 +54,14 @@ async def _admin_actions(channel: grpc.aio.Channel, token: str) -> str:
         metadata=meta,
         timeout=5,
     )
+
+
+async def _admin_actions(channel: grpc.aio.Channel, token: str) -> str:
+    """One of every audited action, plus failures; returns the created client's id."""
+    registry = client_registry_pb2_grpc.ClientRegistryStub(channel)
+    tokens = token_service_pb2_grpc.TokenServiceStub(channel)
+    meta = bearer(token)
+    created = await _create_client(registry, meta, "audited")
     client_id = created.client.client_id
     await registry.UpdateClient(
         client_registry_pb2.UpdateClientRequest(
@@ -192,3 +198,39 @@ async def test_the_audit_stream_is_bounded(app_factory: AppFactory, valkey: Redi
     length = await app.redis.auth.xlen(keys.AUDIT_STREAM)
     # MAXLEN ~ trims whole radix-tree nodes (stream-node-max-entries, 100 by default).
     assert 100 <= length <= 200
+
+
+async def test_revocations_write_their_entry_in_the_same_step(
+    server: Application, channel: grpc.aio.Channel, admin_credentials: Credentials
+) -> None:
+    """Bulk revocation and session end write their audit entry inside the revoking
+    script: the count is the script's own, and a refusal decided by the script (no such
+    session) is one entry, not one per layer."""
+    meta = bearer(await issue_token(channel, admin_credentials))
+    registry = client_registry_pb2_grpc.ClientRegistryStub(channel)
+    tokens = token_service_pb2_grpc.TokenServiceStub(channel)
+    created = await _create_client(registry, meta, "bulk")
+    for _ in range(3):
+        await issue_token(channel, Credentials("bulk", created.client_secret), "read")
+    stream = RedisAuditStore(server.redis.auth, 10_000)
+    before = len(await stream.recent(1000))
+    revoked = await tokens.RevokeTokens(
+        token_service_pb2.RevokeTokensRequest(client_id="bulk"), metadata=meta, timeout=5
+    )
+    assert revoked.revoked_token_count == 3
+    unknown = "ses_" + "x" * 31
+    with pytest.raises(grpc.aio.AioRpcError) as missing:
+        await tokens.EndSession(
+            token_service_pb2.EndSessionRequest(session_id=unknown), metadata=meta, timeout=5
+        )
+    assert missing.value.code() is grpc.StatusCode.NOT_FOUND
+
+    newest_first = await stream.recent(1000)
+    assert len(newest_first) == before + 2
+    ended, bulk = newest_first[0][1], newest_first[1][1]
+    assert (bulk.action, bulk.target, bulk.outcome) == ("tokens.revoke", "client:bulk", "ok")
+    assert bulk.detail == {"revoked_token_count": "3"}
+    assert bulk.actor == "test-admin"
+    assert bulk.request_id
+    assert (ended.action, ended.target) == ("session.end", f"session:{unknown}")
+    assert (ended.outcome, ended.reason, ended.detail) == ("failed", "NOT_FOUND", {})

@@ -13,6 +13,7 @@ from tests.harness.grpc_server import AppFactory, bootstrap_admin, issue_token
 from tests.harness.redis_servers import RedisProcess
 from tests.helpers import eventually
 from tests.integration.cache_support import (
+    AUTH_DB,
     CACHE_DB,
     Cache,
     CommandLog,
@@ -24,6 +25,7 @@ from tokenservice.v1 import cache_service_pb2 as pb
 from tokenservice_server.storage import cache_keys
 
 DAY = 86_400
+_NOT_RPC = {"PING", "HELLO", "CLIENT"}
 
 
 @pytest.fixture
@@ -205,11 +207,21 @@ async def test_an_expired_lease_passes_to_the_next_caller(cache: Cache) -> None:
     assert third.lease_status == pb.LEASE_STATUS_HELD_ELSEWHERE
 
 
-async def test_every_rpc_is_one_round_trip_to_the_cache_database(
-    app_factory: AppFactory, valkey: RedisProcess
-) -> None:
+async def test_every_rpc_is_one_round_trip(app_factory: AppFactory, valkey: RedisProcess) -> None:
+    """One EVALSHA on the cache DB and nothing on the auth DB: the caller's bearer token
+    comes from the hot-token cache after its first lookup (token_cache, on by default;
+    a long TTL here so a slow run does not expire it between calls)."""
     # A long health interval keeps the probe's PINGs out of the window.
-    app = await app_factory(redis={"url": valkey.url}, health_interval=60)
+    app = await app_factory(
+        redis={"url": valkey.url}, health_interval=60, token_cache={"ttl": 60}
+    )
+    token_cache = app.components.token_cache
+    assert token_cache is not None
+
+    async def subscribed() -> bool:
+        return token_cache.up
+
+    await eventually(subscribed, timeout=10)
     admin = await bootstrap_admin(app)
     async with grpc.aio.insecure_channel(redis_target(app)) as channel:
         cache = Cache(channel, await issue_token(channel, admin))
@@ -231,6 +243,10 @@ async def test_every_rpc_is_one_round_trip_to_the_cache_database(
             with CommandLog(valkey) as log:
                 await call()
             assert log.requests(CACHE_DB) == ["EVALSHA"], (name, log.requests(CACHE_DB))
+            # Not requests of the RPC: the revocation feed's keepalive PINGs, and the
+            # handshake of the connection CommandLog opens to stop itself.
+            auth_requests = [c for c in log.requests(AUTH_DB) if c not in _NOT_RPC]
+            assert auth_requests == [], (name, auth_requests)
 
 
 async def test_every_key_of_the_cache_database_expires(cache: Cache, valkey: RedisProcess) -> None:

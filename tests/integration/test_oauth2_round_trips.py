@@ -4,17 +4,21 @@ Every write of commands from the server's Redis clients to Valkey is recorded (o
 is one round trip: a pipeline or MULTI/EXEC is one write), with each EVALSHA named by
 its script. The server runs with a long health interval so its probe stays quiet, its
 client cache is warm and its scripts are loaded (a cold cache costs one extra read of
-the client record; a fresh Redis one SCRIPT LOAD).
+the client record; a fresh Redis one SCRIPT LOAD), and its hot-token cache (on by
+default) holds the admin's bearer token.
 
 Measured (and asserted exactly below):
 
-- IntrospectToken: 1 (one pipeline: caller token + marker, target token + marker, counter)
+- IntrospectToken: 1 pipeline (the target token and its revocation marker; the caller's
+  token too unless cached), 0 when the target is a cached access token.
 - RevokeToken with client credentials: 1 (one script)
 - IssueToken (every grant): 1 script, which also counts the request against the token
   endpoint's rate limits; a request refused before storage (a wrong secret) costs one
   more, the ``rate_limit`` script counting the failure.
 - Authorize, the session RPCs, RevokeTokens, GetTokenStats, and RevokeToken with a bearer
-  token: 2, the caller's bearer token lookup (in the interceptor) plus the operation.
+  token: 1, the operation, once the caller's bearer token is in the hot-token cache. A
+  caller token this replica has not seen live in the last ``token_cache.ttl`` seconds
+  costs one lookup first (2).
 """
 
 from __future__ import annotations
@@ -25,8 +29,9 @@ from collections.abc import AsyncIterator, Iterator
 import grpc
 import pytest
 
-from tests.harness.grpc_server import AppFactory, bearer
+from tests.harness.grpc_server import AppFactory, bearer, issue_token
 from tests.harness.redis_servers import RedisProcess
+from tests.helpers import eventually
 from tests.integration.oauth2_flows import (
     Flow,
     RoundTrips,
@@ -42,7 +47,16 @@ RATE_LIMIT = ("evalsha:rate_limit",)  # counting a failure decided before storag
 @pytest.fixture
 async def flow(app_factory: AppFactory, valkey: RedisProcess) -> AsyncIterator[Flow]:
     # Default token endpoint limits: the limiter's cost is part of what is measured.
-    async with open_flow(app_factory, valkey, health_interval=60, rate_limit={}) as opened:
+    async with open_flow(
+        app_factory, valkey, health_interval=60, rate_limit={}, token_cache={"ttl": 60}
+    ) as opened:
+        cache = opened.app.components.token_cache
+        assert cache is not None
+
+        async def subscribed() -> bool:  # the revocation feed: the cache is in use
+            return cache.up
+
+        await eventually(subscribed, timeout=10)
         yield opened
 
 
@@ -143,13 +157,30 @@ async def test_issue_token_is_one_round_trip(warm: Flow, trips: RoundTrips) -> N
 async def test_introspect_token_is_one_pipeline(warm: Flow, trips: RoundTrips) -> None:
     client = await warm.client()
     issued = await warm.login(client)
-    for token in (issued.access_token, issued.refresh_token, "not-a-token"):
+    for token in (issued.access_token, issued.refresh_token):
         with trips.measure() as measured:
             await warm.introspect(token)
-        target = LOOKUP if token != "not-a-token" else ()
-        # The caller's token and the target, each with its revocation marker, and the
-        # introspection counter, in one pipeline.
-        assert measured == [(*LOOKUP, *target, "hincrby")], measured
+        # The target and its revocation marker (the caller's token is cached; the
+        # introspection counter is buffered and flushed in batches).
+        assert measured == [LOOKUP], measured
+    # A live access token is cached by its first lookup; a malformed one needs nothing.
+    for token in (issued.access_token, "not-a-token"):
+        with trips.measure() as measured:
+            await warm.introspect(token)
+        assert measured == [], measured
+
+
+async def test_introspect_looks_up_caller_and_target_in_one_pipeline(
+    warm: Flow, trips: RoundTrips
+) -> None:
+    client = await warm.client()
+    issued = await warm.login(client)
+    fresh = await issue_token(warm.channel, warm.admin)
+    with trips.measure() as measured:
+        await warm.tokens.IntrospectToken(
+            pb.IntrospectTokenRequest(token=issued.refresh_token), metadata=bearer(fresh)
+        )
+    assert measured == [(*LOOKUP, *LOOKUP)], measured
 
 
 async def test_revoke_token_with_client_credentials_is_one_script(
@@ -164,7 +195,7 @@ async def test_revoke_token_with_client_credentials_is_one_script(
         assert not await warm.active(issued.access_token)
 
 
-async def test_revoke_token_with_a_bearer_token_is_two_round_trips(
+async def test_revoke_token_with_a_bearer_token_is_one_script(
     warm: Flow, trips: RoundTrips
 ) -> None:
     client = await warm.client(client_credentials=True)
@@ -178,28 +209,26 @@ async def test_revoke_token_with_a_bearer_token_is_two_round_trips(
             )
         )
     ).access_token
+    await warm.introspect(own)  # the caller's first lookup caches it
     with trips.measure() as measured:
         await warm.tokens.RevokeToken(
             pb.RevokeTokenRequest(token=issued.refresh_token), metadata=bearer(own)
         )
-    assert measured == [LOOKUP, ("evalsha:revoke_token",)]
+    assert measured == [("evalsha:revoke_token",)]  # the caller's token was cached
     assert not await warm.active(issued.access_token)
 
 
-async def test_authorize_is_bearer_lookup_plus_one_script(warm: Flow, trips: RoundTrips) -> None:
+async def test_authorize_is_one_script(warm: Flow, trips: RoundTrips) -> None:
     client = await warm.client()
     await warm.authorize(client)  # the client's cache entry
     session = await warm.create_session(client_id=client.client_id)
     for session_id in ("", session.session_id):
         with trips.measure() as measured:
             await warm.authorize(client, session_id=session_id)
-        assert measured == [LOOKUP, ("evalsha:store_code",)]
+        assert measured == [("evalsha:store_code",)]
 
 
-AUDIT = ("xadd",)  # the audit-trail entry of an administrative action
-
-
-async def test_session_rpcs_are_bearer_lookup_plus_one_round_trip(
+async def test_session_rpcs_are_one_round_trip(
     warm: Flow, trips: RoundTrips
 ) -> None:
     meta = warm.admin_metadata
@@ -214,14 +243,14 @@ async def test_session_rpcs_are_bearer_lookup_plus_one_round_trip(
         await warm.tokens.EndSession(pb.EndSessionRequest(session_id=sid), metadata=meta)
 
     # CreateSession: hash, TTL and live-count entry in one script.
-    assert created == [LOOKUP, ("evalsha:create_session",)]
-    assert got == [LOOKUP, ("hgetall",)]
-    assert extended == [LOOKUP, ("evalsha:extend_session",)]
-    # An admin's session end is audited: one XADD after the action (docs/security.md).
-    assert ended == [LOOKUP, ("evalsha:revoke_index",), AUDIT]
+    assert created == [("evalsha:create_session",)]
+    assert got == [("hgetall",)]
+    assert extended == [("evalsha:extend_session",)]
+    # An admin's session end is audited: the script writes the entry (docs/security.md).
+    assert ended == [("evalsha:revoke_index",)]
 
 
-async def test_operator_rpcs_are_bearer_lookup_plus_one_round_trip(
+async def test_operator_rpcs_are_one_round_trip(
     warm: Flow, trips: RoundTrips
 ) -> None:
     meta = warm.admin_metadata
@@ -231,8 +260,33 @@ async def test_operator_rpcs_are_bearer_lookup_plus_one_round_trip(
         await warm.tokens.RevokeTokens(pb.RevokeTokensRequest(client_id="app-x"), metadata=meta)
     with trips.measure() as stats:
         await warm.stats()
-    assert by_subject == by_client == [LOOKUP, ("evalsha:revoke_index",), AUDIT]
-    assert stats == [LOOKUP, ("hgetall", "zcount", "zcount", "zcount")]
+    assert by_subject == by_client == [("evalsha:revoke_index",)]
+    assert stats == [("hgetall", "zcount", "zcount", "zcount")]
+
+
+async def test_a_caller_token_is_looked_up_once_then_cached(
+    warm: Flow, trips: RoundTrips
+) -> None:
+    fresh = await issue_token(warm.channel, warm.admin)  # this replica has not seen it yet
+    meta = bearer(fresh)
+    with trips.measure() as first:
+        await warm.tokens.GetTokenStats(pb.GetTokenStatsRequest(), metadata=meta)
+    with trips.measure() as second:
+        await warm.tokens.GetTokenStats(pb.GetTokenStatsRequest(), metadata=meta)
+    assert first == [LOOKUP, ("hgetall", "zcount", "zcount", "zcount")]
+    assert second == [("hgetall", "zcount", "zcount", "zcount")]
+
+
+async def test_without_the_token_cache_the_caller_costs_a_lookup(
+    app_factory: AppFactory, valkey: RedisProcess, trips: RoundTrips
+) -> None:
+    async with open_flow(
+        app_factory, valkey, health_interval=60, rate_limit={}, token_cache={"enabled": False}
+    ) as flow:
+        await flow.stats()
+        with trips.measure() as measured:
+            await flow.stats()
+        assert measured == [LOOKUP, ("hgetall", "zcount", "zcount", "zcount")]
 
 
 # -- cross-check with the server's own command statistics -----------------------------------
@@ -245,8 +299,8 @@ def _calls(flow: Flow) -> Counter[str]:
 
 async def test_commandstats_agree_for_revoke_and_introspect(warm: Flow) -> None:
     """What Valkey counts: one EVALSHA (the commands inside it are counted too, but are
-    not round trips) for RevokeToken; one HGETALL/EXISTS pair per token and one HINCRBY,
-    and no script, for IntrospectToken."""
+    not round trips) for RevokeToken; one HGETALL/EXISTS pair for the introspected token
+    (the caller's is cached) and no script for IntrospectToken."""
     client = await warm.client()
     issued = await warm.login(client)
 
@@ -254,16 +308,19 @@ async def test_commandstats_agree_for_revoke_and_introspect(warm: Flow) -> None:
     await warm.revoke(client, issued.access_token)
     delta = _calls(warm) - before
     delta.pop("info", None)
+    delta.pop("ping", None)  # the revocation feed's keepalive
     assert delta["evalsha"] == 1, delta
-    # Inside revoke_token.lua: the owner check, and the revocation of one access token
-    # (published for the replicas' hot-token caches).
+    # Inside revoke_token.lua: the owner check, and the revocation of one access token:
+    # its record read to unindex it (client, family and subject sets, cleanup entries),
+    # deleted, a blacklist marker, the counter, and the hot-token caches told.
     assert delta == Counter(
-        {"evalsha": 1, "hget": 1, "ttl": 1, "zrem": 1, "del": 1, "set": 1, "hincrby": 1}
-        | {"publish": 1}
+        {"evalsha": 1, "hget": 1, "ttl": 1, "hgetall": 1, "srem": 3, "zrem": 2, "del": 1}
+        | {"set": 1, "hincrby": 1, "publish": 1}
     ), delta
 
     before = _calls(warm)
     await warm.introspect(issued.refresh_token)
     delta = _calls(warm) - before
     delta.pop("info", None)
-    assert delta == Counter({"hgetall": 2, "exists": 2, "hincrby": 1}), delta
+    delta.pop("ping", None)  # the revocation feed's keepalive
+    assert delta == Counter({"hgetall": 1, "exists": 1}), delta

@@ -214,5 +214,10 @@ async def test_introspections_are_counted(oauth: OAuth) -> None:
     ]
     assert [answer.active for answer in answers] == [True, True, False, True]
 
+    # GetTokenStats adds this replica's buffered counts; auth_stats has them once flushed.
     assert (await oauth.stats()).introspections_total == before + 4
+    assert int(oauth.sync.hget("auth_stats", "introspections") or 0) == stored_before
+    assert oauth.app.components is not None
+    await oauth.app.components.check_stats.flush()
     assert int(oauth.sync.hget("auth_stats", "introspections") or 0) == stored_before + 4
+    assert (await oauth.stats()).introspections_total == before + 4

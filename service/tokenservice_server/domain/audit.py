@@ -15,7 +15,7 @@ from typing import Protocol
 
 from tokenservice_server.logging import get_logger
 
-__all__ = ["AuditEvent", "AuditSink", "AuditTrail"]
+__all__ = ["AuditEvent", "AuditInStep", "AuditSink", "AuditTrail"]
 
 _log = get_logger("tokenservice.audit")
 
@@ -77,6 +77,23 @@ class AuditEvent:
         )
 
 
+@dataclass
+class AuditInStep:
+    """An audit entry written by the audited action's own storage step, atomically with
+    it (no extra round trip, and no action without its entry). The step records the
+    outcome and its count under ``count_field``, then sets ``written``."""
+
+    event: AuditEvent  # what is known before the step (outcome "ok", no detail yet)
+    count_field: str = "revoked_token_count"
+    written: bool = False
+
+    def fields(self) -> dict[str, str]:
+        """The entry's fields without ``outcome`` and ``reason`` (the step adds them)."""
+        flat = self.event.fields()
+        del flat["outcome"], flat["reason"]
+        return flat
+
+
 class AuditSink(Protocol):
     async def append(self, event: AuditEvent) -> None: ...
 
@@ -90,9 +107,13 @@ class AuditTrail:
         self._sink = sink
         self.clock = clock
 
-    async def record(self, event: AuditEvent) -> None:
+    def log(self, event: AuditEvent) -> None:
+        """The structured log event alone (the stream entry was written elsewhere)."""
         log = _log.info if event.outcome == "ok" else _log.warning
         log("audit", **event.fields())
+
+    async def record(self, event: AuditEvent) -> None:
+        self.log(event)
         try:
             await self._sink.append(event)
         except Exception as exc:  # the action already happened; the log event stands

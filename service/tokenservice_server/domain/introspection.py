@@ -7,8 +7,9 @@ with the 'active' field set to false" (section 2.2): a caller learns nothing abo
 tokens it may not see. Callers may see every token with scope tokenservice.introspect,
 and otherwise only tokens issued to themselves.
 
-The caller's own bearer token and the introspected token are looked up in one pipelined
-round trip, together with the introspection counter.
+The caller's own bearer token and the introspected token come from the hot-token cache
+when this replica has seen them live recently; the rest are looked up in one pipelined
+round trip. Introspections are counted in the stats buffer (flushed to ``auth_stats``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from tokenservice_server.domain import scopes
 from tokenservice_server.domain.authentication import bearer_token
 from tokenservice_server.domain.credentials import CredentialKind, digest, is_well_formed
 from tokenservice_server.domain.errors import InvalidRequest, InvalidToken
-from tokenservice_server.domain.ports import TokenStore
+from tokenservice_server.domain.stats_buffer import StatsBuffer
+from tokenservice_server.domain.token_lookup import TokenLookup
 from tokenservice_server.domain.tokens import TokenKind, TokenRecord
 
 __all__ = ["Introspection", "Introspector", "token_kind"]
@@ -45,8 +47,15 @@ class Introspection:
 
 
 class Introspector:
-    def __init__(self, tokens: TokenStore, clock: Callable[[], float], issuer: str) -> None:
-        self._tokens = tokens
+    def __init__(
+        self,
+        lookup: TokenLookup,
+        stats: StatsBuffer,
+        clock: Callable[[], float],
+        issuer: str,
+    ) -> None:
+        self._lookup = lookup
+        self._stats = stats
         self._clock = clock
         self._issuer = issuer
 
@@ -60,7 +69,8 @@ class Introspector:
         wanted = [(TokenKind.ACCESS, digest(presented))]
         if kind is not None:
             wanted.append((kind, digest(token)))
-        found = await self._tokens.find_tokens(wanted, count_introspection=True)
+        found = await self._lookup.find(wanted)
+        self._stats.add("introspections")
         now = self._clock()
         caller = found[0]
         if caller is None or caller.expires_at <= now:

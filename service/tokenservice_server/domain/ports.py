@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from tokenservice_server.domain.audit import AuditInStep
 from tokenservice_server.domain.clients import ClientRecord
 from tokenservice_server.domain.rate_limiting import Admission, RateLimitPolicy, TokenRequestLimits
 from tokenservice_server.domain.tokens import (
@@ -57,21 +58,18 @@ class TokenStore(Protocol):
         client is still at ``client_generation``: True issued, False the caller's copy of
         the client is stale, or the rate limiter's refusal."""
 
-    async def find_access_token(self, digest: str) -> AccessTokenRecord | None:
-        """The live, unrevoked token with this digest, or None."""
-
-    async def find_tokens(
-        self, wanted: list[tuple[TokenKind, str]], *, count_introspection: bool = False
-    ) -> list[TokenRecord | None]:
+    async def find_tokens(self, wanted: list[tuple[TokenKind, str]]) -> list[TokenRecord | None]:
         """Several lookups in one round trip, in order; None for unknown or revoked."""
 
     async def revoke_token(self, client_id: str, kind: TokenKind, digest: str) -> int:
         """Revoke a token iff it belongs to ``client_id`` (a refresh token takes its
         family with it); the number revoked."""
 
-    async def revoke_subject(self, subject: str) -> int: ...
+    async def revoke_subject(self, subject: str, audit: AuditInStep | None = None) -> int:
+        """Revoke every token of ``subject``, writing ``audit`` in the same step."""
 
-    async def revoke_client_tokens(self, client_id: str) -> int: ...
+    async def revoke_client_tokens(self, client_id: str, audit: AuditInStep | None = None) -> int:
+        """Revoke every token of ``client_id``, writing ``audit`` in the same step."""
 
     async def statistics(self) -> dict[str, int]: ...
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from tokenservice_server.domain.audit import AuditInStep
 from tokenservice_server.domain.authentication import authenticate_client
 from tokenservice_server.domain.client_directory import ClientDirectory
 from tokenservice_server.domain.clients import validate_client_id
@@ -58,11 +59,11 @@ class Revoker:
             return 0  # RFC 7009 2.2: an invalid token is not an error
         return await self._tokens.revoke_token(owner, kind, digest(token))
 
-    async def revoke_subject(self, subject: str) -> int:
+    async def revoke_subject(self, subject: str, audit: AuditInStep | None = None) -> int:
         if not subject or len(subject) > 256:
             raise InvalidRequest("subject", "1-256 characters")
-        return await self._tokens.revoke_subject(subject)
+        return await self._tokens.revoke_subject(subject, audit)
 
-    async def revoke_client(self, client_id: str) -> int:
+    async def revoke_client(self, client_id: str, audit: AuditInStep | None = None) -> int:
         validate_client_id(client_id)
-        return await self._tokens.revoke_client_tokens(client_id)
+        return await self._tokens.revoke_client_tokens(client_id, audit)

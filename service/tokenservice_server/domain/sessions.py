@@ -7,6 +7,7 @@ import secrets
 from collections.abc import Callable, Mapping
 from typing import Protocol
 
+from tokenservice_server.domain.audit import AuditInStep
 from tokenservice_server.domain.clients import validate_client_id
 from tokenservice_server.domain.errors import InvalidRequest, NotFound
 from tokenservice_server.domain.tokens import Session
@@ -24,7 +25,7 @@ class SessionStore(Protocol):
     async def create(self, session: Session, ttl: int) -> None: ...
     async def get(self, session_id: str) -> Session | None: ...
     async def extend(self, session_id: str, ttl: int, expire_time: float) -> Session | None: ...
-    async def end(self, session_id: str) -> int | None: ...
+    async def end(self, session_id: str, audit: AuditInStep | None = None) -> int | None: ...
 
 
 def validate_session_id(session_id: str, *, field: str = "session_id") -> str:
@@ -93,8 +94,9 @@ class SessionService:
             raise NotFound("the session does not exist or has ended", field="session_id")
         return extended
 
-    async def end(self, session_id: str) -> int:
-        revoked = await self._store.end(validate_session_id(session_id))
+    async def end(self, session_id: str, audit: AuditInStep | None = None) -> int:
+        """End the session and revoke its tokens; ``audit`` is written in the same step."""
+        revoked = await self._store.end(validate_session_id(session_id), audit)
         if revoked is None:
             raise NotFound("the session does not exist or has ended", field="session_id")
         return revoked

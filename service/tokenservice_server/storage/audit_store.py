@@ -11,14 +11,23 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from tokenservice_server.domain.audit import AuditEvent
+from tokenservice_server.domain.audit import AuditEvent, AuditInStep
 from tokenservice_server.storage import keys
 
-__all__ = ["RedisAuditStore"]
+__all__ = ["RedisAuditStore", "audit_in_step_args"]
 
 
 def _text(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def audit_in_step_args(audit: AuditInStep | None, max_entries: int) -> list[str]:
+    """The ARGV tail of a script that writes its own audit entry (``revoke_index.lua``):
+    the stream bound ('' for no entry), the count field, then the entry's fields."""
+    if audit is None:
+        return [""]
+    flat = [part for pair in audit.fields().items() for part in pair]
+    return [str(max_entries), audit.count_field, *flat]
 
 
 class RedisAuditStore:

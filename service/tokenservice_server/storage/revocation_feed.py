@@ -27,6 +27,7 @@ from redis.asyncio import Redis
 from tokenservice_server.domain.token_cache import TokenCache
 from tokenservice_server.logging import get_logger
 from tokenservice_server.storage import keys
+from tokenservice_server.tasks import cancel_and_wait
 
 __all__ = ["REVOCATION_CHANNEL", "RevocationFeed", "TokenCacheMetrics", "index_attribute"]
 
@@ -34,6 +35,7 @@ __all__ = ["REVOCATION_CHANNEL", "RevocationFeed", "TokenCacheMetrics", "index_a
 REVOCATION_CHANNEL: Final = keys.AUTH_ROOT + "revocations"
 
 _log = get_logger("tokenservice.token_cache")
+_STOP_TIMEOUT = 5.0  # seconds for the subscriber to end at shutdown
 _MIN_BACKOFF: Final = 0.05
 _MAX_BACKOFF: Final = 2.0
 
@@ -107,9 +109,7 @@ class RevocationFeed:
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task, within=_STOP_TIMEOUT)
             self._down()
 
     def _down(self) -> None:

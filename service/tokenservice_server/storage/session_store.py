@@ -8,9 +8,11 @@ from typing import cast
 from redis.asyncio import Redis
 from redis.typing import EncodableT
 
+from tokenservice_server.domain.audit import AuditInStep
 from tokenservice_server.domain.token_cache import TokenCache
 from tokenservice_server.domain.tokens import Session
 from tokenservice_server.storage import keys
+from tokenservice_server.storage.audit_store import audit_in_step_args
 from tokenservice_server.storage.scripts import ScriptRegistry
 
 __all__ = ["RedisSessionStore"]
@@ -31,9 +33,12 @@ def _decode(session_id: str, raw: dict[bytes, bytes] | list[bytes]) -> Session:
 
 
 class RedisSessionStore:
-    def __init__(self, redis: Redis, scripts: ScriptRegistry) -> None:
+    def __init__(
+        self, redis: Redis, scripts: ScriptRegistry, *, audit_max_entries: int = 10_000
+    ) -> None:
         self._redis = redis
         self._scripts = scripts
+        self._audit_max_entries = audit_max_entries  # auth_audit bound (revoke_index)
         self.token_cache: TokenCache | None = None  # dropped from at once on revocation
 
     async def create(self, session: Session, ttl: int) -> None:
@@ -73,8 +78,9 @@ class RedisSessionStore:
         )
         return _decode(session_id, raw) if raw else None
 
-    async def end(self, session_id: str) -> int | None:
-        """Delete the session and revoke its tokens; None if it did not exist."""
+    async def end(self, session_id: str, audit: AuditInStep | None = None) -> int | None:
+        """Delete the session and revoke its tokens, writing ``audit`` in the same step;
+        None if it did not exist."""
         revoked = int(
             await self._scripts.call(
                 "revoke_index",
@@ -82,10 +88,17 @@ class RedisSessionStore:
                     keys.session_tokens_key(session_id),
                     keys.session_key(session_id),
                     keys.SESSION_CLEANUP,
+                    keys.AUDIT_STREAM,
                 ],
-                args=[keys.AUTH_ROOT, session_id],
+                args=[
+                    keys.AUTH_ROOT,
+                    session_id,
+                    *audit_in_step_args(audit, self._audit_max_entries),
+                ],
             )
         )
+        if audit is not None:
+            audit.written = True
         if self.token_cache is not None:
             self.token_cache.invalidate([f"n:{session_id}"])
         return None if revoked < 0 else revoked

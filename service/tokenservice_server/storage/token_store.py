@@ -11,10 +11,12 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from tokenservice_server.domain.audit import AuditInStep
 from tokenservice_server.domain.rate_limiting import Admission, TokenRequestLimits
 from tokenservice_server.domain.token_cache import TokenCache
 from tokenservice_server.domain.tokens import TokenKind, TokenRecord, derived_jti
 from tokenservice_server.storage import keys
+from tokenservice_server.storage.audit_store import audit_in_step_args
 from tokenservice_server.storage.revocation_feed import index_attribute
 from tokenservice_server.storage.scripts import ScriptRegistry
 from tokenservice_server.storage.token_limits import limited, token_limit_args, token_limit_keys
@@ -76,9 +78,12 @@ decode_access_token = decode_token
 
 
 class RedisTokenStore:
-    def __init__(self, redis: Redis, scripts: ScriptRegistry) -> None:
+    def __init__(
+        self, redis: Redis, scripts: ScriptRegistry, *, audit_max_entries: int = 10_000
+    ) -> None:
         self._redis = redis
         self._scripts = scripts
+        self._audit_max_entries = audit_max_entries  # auth_audit bound (revoke_index)
         # This replica's hot-token cache: what it revokes is dropped without waiting for
         # the pub/sub echo (other replicas get the message published by the script).
         self.token_cache: TokenCache | None = None
@@ -115,16 +120,11 @@ class RedisTokenStore:
             return limited(*issued)
         return bool(issued)
 
-    async def find_access_token(self, digest: str) -> TokenRecord | None:
-        return await self.find_token(TokenKind.ACCESS, digest)
-
     async def find_token(self, kind: TokenKind, digest: str) -> TokenRecord | None:
         found = await self.find_tokens([(kind, digest)])
         return found[0]
 
-    async def find_tokens(
-        self, wanted: list[tuple[TokenKind, str]], *, count_introspection: bool = False
-    ) -> list[TokenRecord | None]:
+    async def find_tokens(self, wanted: list[tuple[TokenKind, str]]) -> list[TokenRecord | None]:
         """Several lookups in one pipelined round trip (e.g. the caller's token and the
         token being introspected).
 
@@ -135,8 +135,6 @@ class RedisTokenStore:
             for kind, digest in wanted:
                 pipe.hgetall(_RECORD_KEY[kind](digest))
                 pipe.exists(keys.blacklist_key(digest))
-            if count_introspection:
-                pipe.hincrby(keys.AUTH_STATS, "introspections", 1)
             replies: list[Any] = await pipe.execute()
         found: list[TokenRecord | None] = []
         for index, (kind, digest) in enumerate(wanted):
@@ -156,22 +154,24 @@ class RedisTokenStore:
             self.token_cache.invalidate([f"t:{digest}"])
         return revoked
 
-    async def revoke_index(self, index_key: str) -> int:
+    async def revoke_index(self, index_key: str, audit: AuditInStep | None = None) -> int:
         revoked = await self._scripts.call(
             "revoke_index",
             # No key to delete with the index: the root stands for none (ACL-safe).
-            keys=[index_key, keys.AUTH_ROOT, keys.SESSION_CLEANUP],
-            args=[keys.AUTH_ROOT, ""],
+            keys=[index_key, keys.AUTH_ROOT, keys.SESSION_CLEANUP, keys.AUDIT_STREAM],
+            args=[keys.AUTH_ROOT, "", *audit_in_step_args(audit, self._audit_max_entries)],
         )
+        if audit is not None:
+            audit.written = True
         if self.token_cache is not None:
             self.token_cache.invalidate(index_attribute(index_key))
         return max(0, int(revoked))
 
-    async def revoke_subject(self, subject: str) -> int:
-        return await self.revoke_index(keys.subject_tokens_key(subject))
+    async def revoke_subject(self, subject: str, audit: AuditInStep | None = None) -> int:
+        return await self.revoke_index(keys.subject_tokens_key(subject), audit)
 
-    async def revoke_client_tokens(self, client_id: str) -> int:
-        return await self.revoke_index(keys.client_tokens_key(client_id))
+    async def revoke_client_tokens(self, client_id: str, audit: AuditInStep | None = None) -> int:
+        return await self.revoke_index(keys.client_tokens_key(client_id), audit)
 
     async def statistics(self) -> dict[str, int]:
         """Counters of ``auth_stats`` plus live counts (members not yet expired)."""

@@ -12,12 +12,12 @@ from typing import Any, TypeVar
 import grpc
 import structlog
 
-from tokenservice_server.domain.audit import AuditEvent, AuditTrail
+from tokenservice_server.domain.audit import AuditEvent, AuditInStep, AuditTrail
 from tokenservice_server.domain.errors import DomainError
 from tokenservice_server.transport.caller_auth import optional_caller
 from tokenservice_server.transport.mtls import current_peer_identity
 
-__all__ = ["audited"]
+__all__ = ["audited", "audited_in_step"]
 
 T = TypeVar("T")
 
@@ -51,8 +51,39 @@ async def audited(
     target_of: Callable[[T], str] | None = None,
 ) -> T:
     """``await body()``, then record ``action`` on ``target`` as "ok" or "failed"."""
+    return await _audit(
+        trail, context, action, target, lambda _: body(), detail=detail, target_of=target_of
+    )
+
+
+async def audited_in_step(
+    trail: AuditTrail | None,
+    context: grpc.aio.ServicerContext[Any, Any],
+    action: str,
+    target: str,
+    body: Callable[[AuditInStep | None], Awaitable[T]],
+    *,
+    detail: Callable[[T], Mapping[str, str]],
+) -> T:
+    """Like :func:`audited`, but ``body`` hands the entry to its storage step, which
+    writes it atomically with the action; only a failure before that step (invalid
+    input) is recorded here."""
+    return await _audit(trail, context, action, target, body, detail=detail, in_step=True)
+
+
+async def _audit(
+    trail: AuditTrail | None,
+    context: grpc.aio.ServicerContext[Any, Any],
+    action: str,
+    target: str,
+    body: Callable[[AuditInStep | None], Awaitable[T]],
+    *,
+    detail: Callable[[T], Mapping[str, str]] | None = None,
+    target_of: Callable[[T], str] | None = None,
+    in_step: bool = False,
+) -> T:
     if trail is None:
-        return await body()
+        return await body(None)
     caller = optional_caller()
     request_id = structlog.contextvars.get_contextvars().get("request_id", "")
 
@@ -71,21 +102,29 @@ async def audited(
             detail=extra.pop("detail", {}),
         )
 
+    step = AuditInStep(event("ok")) if in_step else None
+
+    async def settle(outcome: str, reason: str = "", **extra: Any) -> None:
+        if step is not None and step.written:
+            trail.log(event(outcome, reason, **extra))
+        else:
+            await trail.record(event(outcome, reason, **extra))
+
     try:
-        result = await body()
+        result = await body(step)
     except DomainError as exc:
-        await trail.record(event("failed", exc.reason))
+        await settle("failed", exc.reason)
         raise
     except grpc.aio.AbortError:
-        await trail.record(event("failed", "ABORTED_BY_SERVER"))
+        await settle("failed", "ABORTED_BY_SERVER")
         raise
     except Exception as exc:
-        await trail.record(event("failed", type(exc).__name__))
+        await settle("failed", type(exc).__name__)
         raise
     extra: dict[str, Any] = {}
     if detail is not None:
         extra["detail"] = dict(detail(result))
     if target_of is not None:
         extra["target"] = target_of(result)
-    await trail.record(event("ok", **extra))
+    await settle("ok", **extra)
     return result

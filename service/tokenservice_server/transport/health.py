@@ -8,7 +8,6 @@ The probe period (default 1 s) plus its timeout keeps a flip well within 5 s.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -16,6 +15,7 @@ from grpc_health.v1 import health, health_pb2
 
 from tokenservice_server.logging import get_logger
 from tokenservice_server.metrics import ServerMetrics
+from tokenservice_server.tasks import cancel_and_wait
 
 __all__ = ["LIVENESS", "OVERALL", "HealthMonitor"]
 
@@ -25,6 +25,7 @@ OVERALL = ""  # the empty service name answers for the whole server
 LIVENESS = "liveness"
 
 _SERVING = health_pb2.HealthCheckResponse.SERVING
+_STOP_TIMEOUT = 5.0  # seconds for the probe loop to end at shutdown
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 _log = get_logger("tokenservice.health")
@@ -80,8 +81,6 @@ class HealthMonitor:
     async def shutdown(self) -> None:
         """Stop probing and answer NOT_SERVING for good (load balancers drain us)."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task, within=_STOP_TIMEOUT)
             self._task = None
         await self.servicer.enter_graceful_shutdown()

@@ -14,7 +14,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from tokenservice.v1 import token_service_pb2 as pb
-from tokenservice_server.domain.audit import AuditTrail
+from tokenservice_server.domain.audit import AuditInStep, AuditTrail
 from tokenservice_server.domain.errors import (
     DomainError,
     InvalidRequest,
@@ -38,7 +38,7 @@ from tokenservice_server.domain.scopes import format_scope
 from tokenservice_server.domain.sessions import SessionService
 from tokenservice_server.domain.tokens import Session, TokenKind
 from tokenservice_server.metrics import ServerMetrics
-from tokenservice_server.transport.audit import audited
+from tokenservice_server.transport.audit import audited_in_step
 from tokenservice_server.transport.caller_auth import current_caller, optional_caller
 from tokenservice_server.transport.peers import peer_ip
 
@@ -283,12 +283,12 @@ class TokenServiceServicer:
     async def EndSession(
         self, request: pb.EndSessionRequest, context: Context
     ) -> pb.EndSessionResponse:
-        revoked = await audited(
+        revoked = await audited_in_step(
             self._audit,
             context,
             "session.end",
             f"session:{request.session_id}",
-            lambda: self._sessions.end(request.session_id),
+            lambda audit: self._sessions.end(request.session_id, audit),
             detail=lambda count: {"revoked_token_count": str(count)},
         )
         return pb.EndSessionResponse(revoked_token_count=revoked)
@@ -299,15 +299,15 @@ class TokenServiceServicer:
         current_caller()  # admin scope is enforced by the interceptor
         selector = request.WhichOneof("selector")
 
-        async def revoke() -> int:
+        async def revoke(audit: AuditInStep | None) -> int:
             if selector == "subject":
-                return await self._revoker.revoke_subject(request.subject)
+                return await self._revoker.revoke_subject(request.subject, audit)
             if selector == "client_id":
-                return await self._revoker.revoke_client(request.client_id)
+                return await self._revoker.revoke_client(request.client_id, audit)
             raise InvalidRequest("selector", "give subject or client_id")
 
         target = f"{selector}:{getattr(request, selector)}" if selector else ""
-        revoked = await audited(
+        revoked = await audited_in_step(
             self._audit,
             context,
             "tokens.revoke",

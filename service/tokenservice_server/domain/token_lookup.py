@@ -1,0 +1,46 @@
+"""Token records by digest: the hot-token cache first, Redis for the rest.
+
+Caller authentication and introspection resolve the same few tokens over and over; an
+access token this replica has seen live recently comes from the hot-token cache
+(``domain/token_cache.py``, dropped on every replica when a revocation is published)
+and costs no round trip. The misses are looked up together in one pipelined round trip
+and the live access tokens among them are cached. Refresh tokens are never cached.
+"""
+
+from __future__ import annotations
+
+import math
+
+from tokenservice_server.domain.ports import TokenStore
+from tokenservice_server.domain.token_cache import TokenCache
+from tokenservice_server.domain.tokens import TokenKind, TokenRecord
+
+__all__ = ["TokenLookup"]
+
+
+class TokenLookup:
+    def __init__(self, tokens: TokenStore, cache: TokenCache | None) -> None:
+        self._tokens = tokens
+        self._cache = cache
+
+    async def find(self, wanted: list[tuple[TokenKind, str]]) -> list[TokenRecord | None]:
+        """The live, unrevoked record of each (kind, digest), in order; None if unknown."""
+        found: list[TokenRecord | None] = [None] * len(wanted)
+        cache = self._cache
+        missing: list[int] = []
+        for index, (kind, digest) in enumerate(wanted):
+            hit = cache.get(digest) if cache is not None and kind is TokenKind.ACCESS else None
+            if hit is None:
+                missing.append(index)
+            else:
+                found[index] = hit.record
+        if not missing:
+            return found
+        epoch = cache.epoch if cache is not None else 0
+        looked_up = await self._tokens.find_tokens([wanted[index] for index in missing])
+        for index, record in zip(missing, looked_up, strict=True):
+            found[index] = record
+            if record is not None and cache is not None and wanted[index][0] is TokenKind.ACCESS:
+                # The client's Check limit is unknown here: inf makes Check ask Redis.
+                cache.put(record, math.inf, epoch)
+        return found
