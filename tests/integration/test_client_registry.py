@@ -91,14 +91,16 @@ def redis_snapshot(valkey: RedisProcess) -> dict[str, Any]:
 
     Rate-limit buckets are left out: they belong to earlier token requests and expire on
     their own while a test runs. So is the audit trail (``auth_audit``): a refused admin
-    call is recorded there by design (tests/integration/test_audit_trail.py).
+    call is recorded there by design (tests/integration/test_audit_trail.py). Contents are
+    bytes: index members of access tokens hold raw digests.
     """
-    client = valkey.client()
+    client = valkey.client(decode_responses=False)
     snapshot: dict[str, Any] = {}
-    for key in client.scan_iter(count=1000):
+    for raw_key in client.scan_iter(count=1000):
+        key = raw_key.decode()
         if key.startswith("auth:rate_limit:") or key == "auth_audit":
             continue
-        kind = client.type(key)
+        kind = client.type(key).decode()
         if kind == "hash":
             snapshot[key] = ("hash", client.hgetall(key))
         elif kind == "zset":
