@@ -37,7 +37,7 @@ from redis.asyncio.connection import (
     parse_url,
 )
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 
 from tokenservice_server.config import RedisSettings, RedisTopology, parse_host_port
@@ -47,6 +47,7 @@ from tokenservice_server.storage.retry import default_retry
 from tokenservice_server.storage.sentinel import (
     FailoverAwareConnection,
     FailoverAwareSSLConnection,
+    follow_master,
 )
 
 __all__ = [
@@ -79,15 +80,25 @@ class RedisConnections:
     _closed: bool = field(default=False, repr=False)
 
     async def ping(self, *, within: float = 1.0) -> bool:
-        """True when both databases answer PING within ``within`` seconds; never raises."""
+        """True when both databases answer PING within ``within`` seconds; never raises.
+
+        With Sentinel it first asks for the master, so that both pools leave a master
+        that Sentinel replaced but that is still alive (``sentinel.follow_master``).
+        """
         try:
             # A TaskGroup, unlike gather(), cancels the other PING when one fails.
             async with asyncio.timeout(within), asyncio.TaskGroup() as probes:
-                probes.create_task(_ping(self.auth))
-                probes.create_task(_ping(self.cache))
+                for client in (self.auth, self.cache):
+                    probes.create_task(self._probe(client))
         except Exception:
             return False
         return True
+
+    async def _probe(self, client: Redis) -> None:
+        pool = client.connection_pool
+        if isinstance(pool, SentinelConnectionPool):
+            await follow_master(pool)
+        await _ping(client)
 
     async def aclose(self) -> None:
         """Close both pools and the Sentinel clients; stop the embedded server. Idempotent."""

@@ -21,6 +21,8 @@ from redis.asyncio.client import Pipeline
 from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.exceptions import ConnectionError, NoScriptError, ResponseError, TimeoutError
 
+from tokenservice_server.storage.sentinel import master_address
+
 __all__ = [
     "CommandObserver",
     "FailoverObservingPool",
@@ -108,13 +110,18 @@ class InstrumentedPipeline(Pipeline):
 
 
 class FailoverObservingPool(SentinelConnectionPool):
-    """A Sentinel master pool that reports when the master address changes."""
+    """A Sentinel master pool that reports when the master address changes, and learns
+    of a promotion as early as Sentinel tells (``sentinel.master_address``)."""
 
     on_master_change: Callable[[tuple[str, int], tuple[str, int]], None] | None = None
 
     async def get_master_address(self) -> tuple[str, int]:
         previous = self.master_address
-        address: tuple[str, int] = await super().get_master_address()  # type: ignore[no-untyped-call]
+        address = await master_address(self.sentinel_manager, self.service_name)
+        if self.is_master and address != previous:
+            self.master_address = address
+            # As redis-py does: idle connections reconnect to the new master when used.
+            await self.disconnect(inuse_connections=False)
         hook = self.on_master_change
         if hook is not None and self.is_master and previous is not None and address != previous:
             hook(tuple(previous), tuple(address))  # type: ignore[arg-type]

@@ -6,13 +6,15 @@ then the error surfaces (the transport maps it to UNAVAILABLE). Errors that retr
 fix (wrong credentials, an untrusted server certificate) surface at once.
 
 The budget never outlasts the caller: the transport records each unary RPC's gRPC deadline
-with ``retry_deadline()``, and no retry starts after it, so a caller with a 2 s deadline
-gets UNAVAILABLE inside those 2 s rather than DEADLINE_EXCEEDED after them.
+with ``retry_deadline()``; no retry starts after it and an attempt still waiting for Redis
+then is given up, so a caller with a 2 s deadline gets UNAVAILABLE inside those 2 s rather
+than DEADLINE_EXCEEDED after them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import builtins
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -129,7 +131,7 @@ class BoundedRetry(Retry):
             failures = 0
             while True:
                 try:
-                    return await do()
+                    return await _before(caller_deadline, do)
                 except self._supported_errors as error:
                     if _is_permanent(error) or (
                         is_retryable is not None and not is_retryable(error)
@@ -145,6 +147,24 @@ class BoundedRetry(Retry):
                         await asyncio.sleep(backoff)
         finally:
             _retrying.reset(token)
+
+
+async def _before(caller_deadline: float | None, do: Callable[[], Awaitable[_T]]) -> _T:
+    """``do()``, given up (redis ``TimeoutError``) at the caller's deadline less the margin.
+
+    One attempt can block for the socket timeout (a master that stopped answering, a
+    sentinel mid-failover); without this bound an attempt started just before the deadline
+    answered DEADLINE_EXCEEDED instead of UNAVAILABLE. A cancelled command leaves its
+    connection disconnected (redis-py), and a write may or may not have been applied,
+    as with any lost reply.
+    """
+    if caller_deadline is None:
+        return await do()
+    try:
+        async with asyncio.timeout(caller_deadline - time.monotonic()):
+            return await do()
+    except builtins.TimeoutError:
+        raise TimeoutError("no answer from Redis before the caller's deadline") from None
 
 
 def _is_permanent(error: Exception) -> bool:

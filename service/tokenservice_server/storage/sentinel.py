@@ -9,6 +9,16 @@ loop reconnects through ``AbstractConnection.connect_check_health()``, which reu
 that Sentinel completes in ~2 s took 8-9 s for the client (redis/redis-py#3874, measured in
 TOOLCHAIN.md). Our ``connect_check_health`` re-reads the master address from the pool first.
 
+A master that is still alive never breaks a connection, so nothing above would ever move
+off it: during a graceful ``SENTINEL FAILOVER`` the old master stays a master for ~10 s
+(until Sentinel's next INFO converts it), and the service kept reading from it (a token
+revoked on the new master still passed Check) and writing to it (writes later discarded).
+``follow_master`` asks Sentinel on every health probe and, when the master changed, drops
+the idle connections and marks the busy ones to reconnect when released. Sentinel is asked
+with ``GET-MASTER-ADDR-BY-NAME`` (``master_address``), which names the promoted replica as
+soon as it is promoted; ``SENTINEL MASTERS`` (redis-py's ``discover_master``) keeps naming
+the old master until every replica is reconfigured, ~1.5 s longer here.
+
 Two more failover signals are turned into reconnects rather than surfaced as data errors:
 
 * ``READONLY``: the node we are connected to was demoted to a replica. redis-py already
@@ -25,13 +35,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from redis.asyncio.sentinel import SentinelManagedConnection, SentinelManagedSSLConnection
-from redis.exceptions import ConnectionError, ResponseError
+from redis.asyncio.sentinel import (
+    MasterNotFoundError,
+    Sentinel,
+    SentinelConnectionPool,
+    SentinelManagedConnection,
+    SentinelManagedSSLConnection,
+)
+from redis.exceptions import ConnectionError, ResponseError, TimeoutError
 
 __all__ = [
     "FailoverAwareConnection",
     "FailoverAwareSSLConnection",
     "NoReplicasError",
+    "follow_master",
+    "master_address",
 ]
 
 
@@ -92,3 +110,39 @@ class FailoverAwareConnection(SentinelManagedConnection):
 
 class FailoverAwareSSLConnection(FailoverAwareConnection, SentinelManagedSSLConnection):
     """``FailoverAwareConnection`` over TLS."""
+
+
+async def follow_master(pool: SentinelConnectionPool) -> bool:
+    """Ask Sentinel for the master; if it moved, no connection of ``pool`` talks to the
+    old one after its current command. Returns True when the master moved; never raises
+    for an unreachable Sentinel (the next call asks again)."""
+    previous = pool.master_address
+    try:
+        # Also drops the idle connections when the address changed (redis-py).
+        address = await pool.get_master_address()  # type: ignore[no-untyped-call]
+    except (ConnectionError, TimeoutError):
+        return False
+    if previous is None or address == previous:
+        return False
+    # A connection busy right now finishes its command, then reconnects on release
+    # (ConnectionPool.release) and so asks Sentinel for the new master.
+    for connection in list(pool._in_use_connections):
+        connection.mark_for_reconnect()  # type: ignore[no-untyped-call]
+    return True
+
+
+async def master_address(sentinel: Sentinel, service_name: str) -> tuple[str, int]:
+    """The master the first answering sentinel names (the promoted replica already while
+    a failover reconfigures the other replicas); ``MasterNotFoundError`` if none does."""
+    errors = []
+    for client in sentinel.sentinels:
+        try:
+            answer = await client.sentinel_get_master_addr_by_name(service_name)
+        except (ConnectionError, TimeoutError) as error:
+            errors.append(repr(error))
+            continue
+        if isinstance(answer, tuple | list) and len(answer) == 2:
+            host, port = answer
+            host = host.decode() if isinstance(host, bytes) else str(host)
+            return host, int(port)
+    raise MasterNotFoundError(f"no sentinel names a master for {service_name!r}: {errors}")
