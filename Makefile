@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONSTRAINTS := requirements/constraints.txt
 
-.PHONY: run test check lint typecheck fmt gen lock bench bench-soak-rss bench-abuse soak clean wheels release-dry-run
+.PHONY: run test check lint typecheck fmt gen lock bench bench-soak-rss bench-abuse soak failover-nightly clean wheels release-dry-run
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml $(CONSTRAINTS)
 	@$(PYTHON) -c 'import sys; sys.exit("Python >= 3.11 is required") if sys.version_info < (3, 11) else None'
@@ -67,6 +67,11 @@ bench-soak-rss: $(STAMP)
 ## bench-abuse: valid Check latency alone and under a flood of garbage-token Checks (limit 2x)
 bench-abuse: $(STAMP)
 	$(PY) -m bench.abuse_flood $(ARGS)
+
+## failover-nightly: the failover suite with FAILOVERS (50) SIGKILL failovers instead of make test's 10
+FAILOVERS ?= 50
+failover-nightly: $(STAMP)
+	TOKENSERVICE_FAILOVERS=$(FAILOVERS) $(BIN)/pytest tests/reliability/test_failover.py -p no:cacheprovider $(PYTEST_ARGS)
 
 ## soak: SOAK_SECONDS (600) of mixed load on Sentinel, a failover every SOAK_FAILOVER_EVERY (120)
 soak: $(STAMP)

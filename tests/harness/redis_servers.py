@@ -431,6 +431,35 @@ class SentinelTopology:
         wait_until(demoted, timeout=timeout, interval=0.1, what="the old master to follow")
         return new
 
+    def paused_switchover(
+        self, *, pause_ms: int = 10_000, timeout: float = 15.0
+    ) -> tuple[str, int]:
+        """The switchover procedure of docs/reliability.md: ``CLIENT PAUSE WRITE`` on the
+        master, ``SENTINEL FAILOVER``, then make the old master follow the new one at once
+        (``REPLICAOF``; Sentinel would take up to 10 s), drop its clients (they reconnect
+        through Sentinel) and unpause. Returns the new master once the old one follows."""
+        old_node = self.master_node()
+        with self.node_client(old_node) as client:
+            client.execute_command("CLIENT", "PAUSE", pause_ms, "WRITE")
+        try:
+            with self.sentinel_client(self.sentinels[0]) as sentinel:
+                sentinel.execute_command("SENTINEL", "FAILOVER", self.master_name)
+            new = self.wait_for_new_master(old_node.address, timeout=timeout)
+            with self.node_client(old_node) as client:
+                client.execute_command("REPLICAOF", *new)
+                client.execute_command("CLIENT", "KILL", "TYPE", "normal")
+        finally:
+            with self.node_client(old_node) as client:
+                client.execute_command("CLIENT", "UNPAUSE")
+
+        def demoted() -> bool:
+            with self.node_client(old_node) as client:
+                info = client.info("replication")
+                return bool(info["role"] == "slave" and info.get("master_link_status") == "up")
+
+        wait_until(demoted, timeout=timeout, interval=0.1, what="the old master to follow")
+        return new
+
     def _replicas_in_sync(self) -> bool:
         for replica in self.nodes[1:]:
             with self.node_client(replica) as client:
