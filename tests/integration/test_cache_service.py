@@ -212,9 +212,7 @@ async def test_every_rpc_is_one_round_trip(app_factory: AppFactory, valkey: Redi
     comes from the hot-token cache after its first lookup (token_cache, on by default;
     a long TTL here so a slow run does not expire it between calls)."""
     # A long health interval keeps the probe's PINGs out of the window.
-    app = await app_factory(
-        redis={"url": valkey.url}, health_interval=60, token_cache={"ttl": 60}
-    )
+    app = await app_factory(redis={"url": valkey.url}, health_interval=60, token_cache={"ttl": 60})
     token_cache = app.components.token_cache
     assert token_cache is not None
 

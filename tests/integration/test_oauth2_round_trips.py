@@ -228,9 +228,7 @@ async def test_authorize_is_one_script(warm: Flow, trips: RoundTrips) -> None:
         assert measured == [("evalsha:store_code",)]
 
 
-async def test_session_rpcs_are_one_round_trip(
-    warm: Flow, trips: RoundTrips
-) -> None:
+async def test_session_rpcs_are_one_round_trip(warm: Flow, trips: RoundTrips) -> None:
     meta = warm.admin_metadata
     with trips.measure() as created:
         session = await warm.create_session(attributes={"ip": "198.51.100.1"})
@@ -250,9 +248,7 @@ async def test_session_rpcs_are_one_round_trip(
     assert ended == [("evalsha:revoke_index",)]
 
 
-async def test_operator_rpcs_are_one_round_trip(
-    warm: Flow, trips: RoundTrips
-) -> None:
+async def test_operator_rpcs_are_one_round_trip(warm: Flow, trips: RoundTrips) -> None:
     meta = warm.admin_metadata
     with trips.measure() as by_subject:
         await warm.tokens.RevokeTokens(pb.RevokeTokensRequest(subject="alice"), metadata=meta)
@@ -264,9 +260,7 @@ async def test_operator_rpcs_are_one_round_trip(
     assert stats == [("hgetall", "zcount", "zcount", "zcount")]
 
 
-async def test_a_caller_token_is_looked_up_once_then_cached(
-    warm: Flow, trips: RoundTrips
-) -> None:
+async def test_a_caller_token_is_looked_up_once_then_cached(warm: Flow, trips: RoundTrips) -> None:
     fresh = await issue_token(warm.channel, warm.admin)  # this replica has not seen it yet
     meta = bearer(fresh)
     with trips.measure() as first:
