@@ -34,7 +34,6 @@ local KINDS = {
   r = { record = 'refresh_token:', cleanup = 'auth_refresh_token_cleanup',
         stat = 'refresh_tokens_revoked' },
 }
-KINDS.A = KINDS.a
 
 -- Raw digest bytes <-> lowercase hex (record and blacklist keys use hex).
 local function digest_hex(raw)
@@ -65,8 +64,8 @@ local function access_entry(member, fields)
     .. (fields.n or '') .. '|' .. (fields.u or '')
 end
 
--- Remove an access token (both member forms) from the index sets its record names and
--- from 'auth_token_cleanup'.
+-- Remove a live access token (both member forms) from the index sets its record names,
+-- and its entry from 'auth_token_cleanup' (revoke_member removes a legacy plain member).
 local function unindex_access(root, hex, fields)
   local members = { access_member(hex), 'a:' .. hex }
   local sets = { 'client_tokens:' .. (fields.c or '') }
@@ -76,7 +75,7 @@ local function unindex_access(root, hex, fields)
   for _, set in ipairs(sets) do
     redis.call('SREM', root .. set, unpack(members))
   end
-  redis.call('ZREM', KINDS.a.cleanup, access_entry(members[1], fields), members[2])
+  redis.call('ZREM', KINDS.a.cleanup, access_entry(members[1], fields))
 end
 
 local INDEX_ATTRIBUTES = {
