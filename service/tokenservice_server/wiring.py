@@ -175,6 +175,7 @@ def build_components(
         refresh_token=settings.auth.refresh_token_ttl,
     )
     grants = RedisGrantStore(redis.auth, scripts)
+    grants.token_cache = token_cache
     auth = settings.auth
     limits = settings.rate_limit
     policy = RateLimitPolicy(**limits.model_dump())

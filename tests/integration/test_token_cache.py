@@ -18,7 +18,7 @@ from tests.harness.clients import token_for
 from tests.harness.grpc_server import AppFactory, Credentials, bootstrap_admin, issue_token
 from tests.harness.redis_servers import RedisProcess
 from tests.helpers import eventually
-from tests.integration.oauth2_flows import recording_round_trips
+from tests.integration.oauth2_flows import open_flow, recording_round_trips
 from tests.integration.test_ext_authz_check import Edge, check_request
 from tokenservice.v1 import client_registry_pb2, client_registry_pb2_grpc, token_service_pb2_grpc
 from tokenservice.v1 import token_service_pb2 as pb
@@ -26,7 +26,7 @@ from tokenservice_server.domain.credentials import digest
 from tokenservice_server.domain.token_cache import TokenCache
 from tokenservice_server.domain.tokens import TokenRecord
 from tokenservice_server.storage import keys
-from tokenservice_server.storage.revocation_feed import REVOCATION_CHANNEL
+from tokenservice_server.storage.revocation_feed import REVOCATION_CHANNEL, RevocationFeed
 
 NO_CHECK_LIMITS = {"per_ip": 0, "per_client": 0, "per_route": 0}
 
@@ -259,3 +259,29 @@ async def _revoke(edge: Edge, client: Credentials, token: str) -> None:
         ),
         timeout=5,
     )
+
+
+async def test_a_grant_step_revocation_leaves_this_replicas_cache_at_once(
+    app_factory: AppFactory, valkey: RedisProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refresh-token reuse revokes the family inside the rotation script; the replica
+    that ran it drops the family's cached access tokens itself, not only when the
+    pub/sub echo arrives (the echo is switched off here, so only that path can work)."""
+    async with open_flow(app_factory, valkey, token_cache={"ttl": 60}) as flow:
+        cache = flow.app.components.token_cache
+        assert cache is not None
+
+        async def subscribed() -> bool:
+            return cache.up
+
+        await eventually(subscribed, timeout=10)
+        monkeypatch.setattr(RevocationFeed, "_handle", lambda self, message: None)
+        client = await flow.client()
+        issued = await flow.login(client)
+        assert await flow.active(issued.access_token)
+        assert digest(issued.access_token) in cache._entries  # served from the cache now
+        await flow.refresh(client, issued.refresh_token)
+        with pytest.raises(grpc.aio.AioRpcError, match="already used"):
+            await flow.refresh(client, issued.refresh_token)  # reuse: family revoked
+        assert digest(issued.access_token) not in cache._entries
+        assert not await flow.active(issued.access_token)

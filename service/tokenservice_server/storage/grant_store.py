@@ -7,6 +7,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from tokenservice_server.domain.rate_limiting import TokenRequestLimits
+from tokenservice_server.domain.token_cache import TokenCache
 from tokenservice_server.domain.tokens import AuthorizationCode, GrantResult
 from tokenservice_server.storage import keys
 from tokenservice_server.storage.scripts import ScriptRegistry
@@ -30,6 +31,15 @@ class RedisGrantStore:
     def __init__(self, redis: Redis, scripts: ScriptRegistry) -> None:
         self._redis = redis
         self._scripts = scripts
+        # This replica's hot-token cache: a family a grant step revoked (a reuse, an
+        # ended session, a retried rotation's retired pair) is dropped from it at once,
+        # without waiting for the pub/sub echo the script published for every replica.
+        self.token_cache: TokenCache | None = None
+
+    def _forget_family(self, result: GrantResult, *, revoked: bool) -> GrantResult:
+        if revoked and result.family_id and self.token_cache is not None:
+            self.token_cache.invalidate([f"f:{result.family_id}"])
+        return result
 
     async def store_code(
         self, digest: str, code: AuthorizationCode, *, client_generation: int, ttl: int
@@ -98,7 +108,8 @@ class RedisGrantStore:
                 *token_limit_args(limits),
             ],
         )
-        return _result(reply)
+        result = _result(reply)
+        return self._forget_family(result, revoked=result.status == "reused")
 
     async def rotate_refresh(
         self,
@@ -138,4 +149,8 @@ class RedisGrantStore:
                 *token_limit_args(limits),
             ],
         )
-        return _result(reply)
+        # Any rotation may have revoked part of the family (a reuse, an ended session, or
+        # a grace retry retiring the unreceived pair): the family's cached access tokens
+        # are dropped either way (at worst a cache miss).
+        result = _result(reply)
+        return self._forget_family(result, revoked=result.status != "limited")

@@ -33,7 +33,7 @@ end
 if code.st == 'redeemed' then
   revoke_index(root, root .. 'family:' .. code.f)
   redis.call('HINCRBY', 'auth_stats', 'authorization_code_reuse', 1)
-  return { 'reused' }
+  return { 'reused', '', '', '', code.f or '' }
 end
 if code.r ~= ARGV[3] then
   return { 'invalid' }

@@ -52,14 +52,14 @@ if old.st == 'rotated' then
       revoke_index(root, root .. 'family:' .. family)
     end
     redis.call('HINCRBY', 'auth_stats', 'refresh_token_reuse', 1)
-    return { 'reused' }
+    return { 'reused', '', '', '', family }
   end
 end
 if session ~= '' and redis.call('EXISTS', root .. 'session:' .. session) == 0 then
   if family ~= '' then
     revoke_index(root, root .. 'family:' .. family)
   end
-  return { 'session_ended' }
+  return { 'session_ended', '', '', '', family }
 end
 -- RFC 6749 section 6: the new scope MUST NOT include any scope not originally granted.
 local granted = {}
