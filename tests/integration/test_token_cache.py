@@ -261,11 +261,16 @@ async def _revoke(edge: Edge, client: Credentials, token: str) -> None:
     )
 
 
-async def test_a_grant_step_revocation_leaves_this_replicas_cache_at_once(
-    app_factory: AppFactory, valkey: RedisProcess, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("revocation", ["refresh_reuse", "refresh_revoked"])
+async def test_a_family_revoked_in_a_script_leaves_this_replicas_cache_at_once(
+    app_factory: AppFactory,
+    valkey: RedisProcess,
+    monkeypatch: pytest.MonkeyPatch,
+    revocation: str,
 ) -> None:
-    """A refresh-token reuse revokes the family inside the rotation script; the replica
-    that ran it drops the family's cached access tokens itself, not only when the
+    """A refresh-token reuse (inside the rotation script) or the revocation of a refresh
+    token (RFC 7009: its family goes too) revokes access tokens the caller never named;
+    the replica that ran the script drops them from its cache itself, not only when the
     pub/sub echo arrives (the echo is switched off here, so only that path can work)."""
     async with open_flow(app_factory, valkey, token_cache={"ttl": 60}) as flow:
         cache = flow.app.components.token_cache
@@ -280,8 +285,11 @@ async def test_a_grant_step_revocation_leaves_this_replicas_cache_at_once(
         issued = await flow.login(client)
         assert await flow.active(issued.access_token)
         assert digest(issued.access_token) in cache._entries  # served from the cache now
-        await flow.refresh(client, issued.refresh_token)
-        with pytest.raises(grpc.aio.AioRpcError, match="already used"):
-            await flow.refresh(client, issued.refresh_token)  # reuse: family revoked
+        if revocation == "refresh_reuse":
+            await flow.refresh(client, issued.refresh_token)
+            with pytest.raises(grpc.aio.AioRpcError, match="already used"):
+                await flow.refresh(client, issued.refresh_token)
+        else:
+            await flow.revoke(client, issued.refresh_token)
         assert digest(issued.access_token) not in cache._entries
         assert not await flow.active(issued.access_token)

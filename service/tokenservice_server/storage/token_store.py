@@ -143,16 +143,16 @@ class RedisTokenStore:
         return found
 
     async def revoke_token(self, client_id: str, kind: TokenKind, digest: str) -> int:
-        revoked = int(
-            await self._scripts.call(
-                "revoke_token",
-                keys=[_RECORD_KEY[kind](digest)],
-                args=[client_id, _MEMBER[kind](digest), keys.AUTH_ROOT],
-            )
+        revoked, family = await self._scripts.call(
+            "revoke_token",
+            keys=[_RECORD_KEY[kind](digest)],
+            args=[client_id, _MEMBER[kind](digest), keys.AUTH_ROOT],
         )
-        if self.token_cache is not None and kind is TokenKind.ACCESS:
-            self.token_cache.invalidate([f"t:{digest}"])
-        return revoked
+        if self.token_cache is not None:
+            # At once on this replica; the others hear it from the script's publication.
+            family = family.decode() if isinstance(family, bytes) else str(family)
+            self.token_cache.invalidate([f"t:{digest}"] + ([f"f:{family}"] if family else []))
+        return int(revoked)
 
     async def revoke_index(self, index_key: str, audit: AuditInStep | None = None) -> int:
         revoked = await self._scripts.call(
