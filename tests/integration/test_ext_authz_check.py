@@ -407,7 +407,9 @@ async def test_the_callers_deadline_is_honoured(edge_factory: Any, valkey: Redis
     finally:
         redis.execute_command("CLIENT", "UNPAUSE")
 
-    assert caught.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+    # The server gives up its Redis attempt just before the deadline (storage/retry.py)
+    # and answers UNAVAILABLE, unless the answer misses the small margin (40 ms here).
+    assert caught.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
     assert elapsed < 0.6
     # The server gave up too and its next answer is prompt and right.
     assert (await edge.check(check_request(token))).status.code == code_pb2.OK

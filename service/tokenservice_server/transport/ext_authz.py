@@ -7,8 +7,9 @@ CheckResponse whose ``denied_response`` is the HTTP answer Envoy returns as give
 unreachable) ends the RPC with an error status, which Envoy answers with its
 ``status_on_error`` (or lets through under ``failure_mode_allow``).
 
-Envoy's deadline (``grpc-timeout``, 200 ms by default) is honoured by grpc.aio itself: at
-the deadline the handler is cancelled, and with it the Redis call and its retries.
+Envoy's deadline (``grpc-timeout``, 200 ms by default) is honoured: the Redis call and its
+retries are given up just before it (storage/retry.py, answered UNAVAILABLE), and grpc.aio
+cancels the handler at the deadline itself.
 """
 
 from __future__ import annotations
