@@ -247,6 +247,13 @@ CASES: list[AlertCase] = [
         at="10m",
     ),
     AlertCase(
+        "TokenServiceTokenCacheBypassed",
+        firing={f"tokenservice_token_cache_invalidation_up{{{_POD}}}": "1x5 0x10"},
+        healthy={f"tokenservice_token_cache_invalidation_up{{{_POD}}}": "1x5 0x1 1x10"},
+        labels={"job": "tokenservice", "instance": "10.0.0.1:9464", "pod": "tokenservice-a"},
+        at="10m",
+    ),
+    AlertCase(
         "RedisInstanceDown",
         firing={f"redis_up{{{_REDIS}}}": "0x10"},
         healthy={f"redis_up{{{_REDIS}}}": "1x10"},
