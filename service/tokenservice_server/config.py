@@ -112,6 +112,9 @@ class RedisSettings(_Strict):
     tls: TlsClientSettings = TlsClientSettings()
     socket_timeout: float = Field(default=2.0, gt=0, le=60)
     connect_timeout: float = Field(default=1.0, gt=0, le=60)
+    fail_fast_after: float = Field(
+        default=5.0, ge=0, le=300, description="seconds of outage before calls stop retrying"
+    )
     max_connections: int = Field(default=128, ge=1, le=10_000)
     data_dir: Path = Field(default=Path("var"), description="embedded Valkey data directory")
     embedded_port: int = Field(default=0, ge=0, le=65535, description="0 picks a free port")

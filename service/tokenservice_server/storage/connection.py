@@ -43,7 +43,7 @@ from redis.backoff import NoBackoff
 from tokenservice_server.config import RedisSettings, RedisTopology, parse_host_port
 from tokenservice_server.storage.embedded import EmbeddedValkey
 from tokenservice_server.storage.instrumented import FailoverObservingPool, InstrumentedRedis
-from tokenservice_server.storage.retry import default_retry
+from tokenservice_server.storage.retry import Outage, default_retry
 from tokenservice_server.storage.sentinel import (
     FailoverAwareConnection,
     FailoverAwareSSLConnection,
@@ -76,6 +76,8 @@ class RedisConnections:
     #: Where the data lives, safe to log (no credentials).
     target: str
     embedded: EmbeddedValkey | None = None
+    #: What the health probe (``ping``) found; the retry policy fails fast on a long outage.
+    outage: Outage = field(default_factory=lambda: Outage(0.0))
     _sentinel: Sentinel | None = field(default=None, repr=False)
     _closed: bool = field(default=False, repr=False)
 
@@ -91,7 +93,9 @@ class RedisConnections:
                 for client in (self.auth, self.cache):
                     probes.create_task(self._probe(client))
         except Exception:
+            self.outage.report(False)
             return False
+        self.outage.report(True)
         return True
 
     async def _probe(self, client: Redis) -> None:
@@ -171,7 +175,8 @@ async def _embedded_connections(settings: RedisSettings, log: Any) -> RedisConne
         log_file=str(server.log_path),
     )
     try:
-        common = _common_kwargs(settings)
+        outage = Outage(settings.fail_fast_after)
+        common = _common_kwargs(settings, outage)
         common.update(host=server.host, port=server.port)
         auth = _client_for(Connection, common, db=settings.auth_db)
         cache = _client_for(Connection, common, db=settings.cache_db)
@@ -184,6 +189,7 @@ async def _embedded_connections(settings: RedisSettings, log: Any) -> RedisConne
         topology=RedisTopology.EMBEDDED,
         target=f"{server.url} (embedded, data in {server.data_dir})",
         embedded=server,
+        outage=outage,
     )
 
 
@@ -199,7 +205,8 @@ def _standalone_connections(settings: RedisSettings, url: str, log: Any) -> Redi
             cache_db=settings.cache_db,
         )
     from_url.pop("connection_class", None)
-    common = _common_kwargs(settings)
+    outage = Outage(settings.fail_fast_after)
+    common = _common_kwargs(settings, outage)
     if scheme == "unix":
         if settings.tls.enabled:
             raise ValueError("redis.tls.enabled cannot be used with a unix:// url")
@@ -228,7 +235,7 @@ def _standalone_connections(settings: RedisSettings, url: str, log: Any) -> Redi
         tls = " (tls)" if connection_class is SSLConnection else ""
         target = f"{from_url.get('host', 'localhost')}:{from_url.get('port', 6379)}{tls}"
     return RedisConnections(
-        auth=auth, cache=cache, topology=RedisTopology.STANDALONE, target=target
+        auth=auth, cache=cache, topology=RedisTopology.STANDALONE, target=target, outage=outage
     )
 
 
@@ -246,7 +253,8 @@ def _sentinel_connections(settings: RedisSettings) -> RedisConnections:
     if settings.sentinel_password is not None:
         sentinel_kwargs["password"] = settings.sentinel_password.get_secret_value()
     connection_class: type[FailoverAwareConnection] = FailoverAwareConnection
-    common = _common_kwargs(settings)
+    outage = Outage(settings.fail_fast_after)
+    common = _common_kwargs(settings, outage)
     if settings.tls.enabled:
         ssl_kwargs = _ssl_kwargs(settings)
         sentinel_kwargs.update(ssl=True, **ssl_kwargs)
@@ -278,6 +286,7 @@ def _sentinel_connections(settings: RedisSettings) -> RedisConnections:
         cache=clients[1],
         topology=RedisTopology.SENTINEL,
         target=f"sentinel master {settings.master_name!r} via {','.join(settings.sentinels)}{tls}",
+        outage=outage,
         _sentinel=sentinel,
     )
 
@@ -285,13 +294,13 @@ def _sentinel_connections(settings: RedisSettings) -> RedisConnections:
 # -- helpers ------------------------------------------------------------------------------
 
 
-def _common_kwargs(settings: RedisSettings) -> dict[str, Any]:
+def _common_kwargs(settings: RedisSettings, outage: Outage) -> dict[str, Any]:
     return {
         "socket_timeout": settings.socket_timeout,
         "socket_connect_timeout": settings.connect_timeout,
         "socket_keepalive": True,
         "health_check_interval": HEALTH_CHECK_INTERVAL,
-        "retry": default_retry(),
+        "retry": default_retry(outage),
         "max_connections": settings.max_connections,
     }
 

@@ -36,6 +36,7 @@ __all__ = [
     "RETRY_ATTEMPTS",
     "RETRY_BUDGET",
     "BoundedRetry",
+    "Outage",
     "default_retry",
     "retry_deadline",
 ]
@@ -98,9 +99,17 @@ class BoundedRetry(Retry):
     check state first, so a replay is refused rather than applied twice.
     """
 
-    def __init__(self, backoff: AbstractBackoff, retries: int, *, budget: float) -> None:
+    def __init__(
+        self,
+        backoff: AbstractBackoff,
+        retries: int,
+        *,
+        budget: float,
+        outage: Outage | None = None,
+    ) -> None:
         super().__init__(backoff, retries, (ConnectionError, TimeoutError))
         self.budget = budget
+        self.outage = outage
 
     async def call_with_retry(
         self,
@@ -141,6 +150,8 @@ class BoundedRetry(Retry):
                     await failed(error, failures)
                     backoff = self._backoff.compute(failures)
                     out_of_attempts = 0 <= self._retries < failures
+                    if self.outage is not None and self.outage.fail_fast:
+                        raise  # Redis has been gone for a while: answer now
                     if out_of_attempts or time.monotonic() + backoff > deadline:
                         raise
                     if backoff > 0:
@@ -174,10 +185,43 @@ def _is_permanent(error: Exception) -> bool:
     )
 
 
-def default_retry() -> BoundedRetry:
+class Outage:
+    """How long the health probe has found Redis unreachable.
+
+    Retrying rides through a failover (a new master answers within a few seconds), but
+    when Redis has been gone for longer than ``fail_fast_after`` seconds a caller gains
+    nothing by waiting out its deadline: each call then makes its one attempt (so the
+    first call after Redis returns succeeds without waiting for the probe) and answers
+    UNAVAILABLE at once if it fails. 0 disables failing fast.
+    """
+
+    def __init__(self, fail_fast_after: float, clock: Callable[[], float] = time.monotonic):
+        self._after = fail_fast_after
+        self._clock = clock
+        self._down_since: float | None = None
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Outage:
+        # redis-py deep-copies the retry policy into every connection; the outage is one
+        # fact about the server, so every copy shares it.
+        return self
+
+    def report(self, reachable: bool) -> None:
+        if reachable:
+            self._down_since = None
+        elif self._down_since is None:
+            self._down_since = self._clock()
+
+    @property
+    def fail_fast(self) -> bool:
+        since = self._down_since
+        return self._after > 0 and since is not None and self._clock() - since >= self._after
+
+
+def default_retry(outage: Outage | None = None) -> BoundedRetry:
     """The retry policy of every data-node connection."""
     return BoundedRetry(
         EqualJitterBackoff(cap=_BACKOFF_CAP, base=_BACKOFF_BASE),
         RETRY_ATTEMPTS,
         budget=RETRY_BUDGET,
+        outage=outage,
     )
