@@ -28,6 +28,8 @@ from typing import Any
 from redis.asyncio.sentinel import SentinelManagedConnection, SentinelManagedSSLConnection
 from redis.exceptions import ConnectionError, ResponseError
 
+from tokenservice_server.storage.lean import LeanSendMixin
+
 __all__ = [
     "FailoverAwareConnection",
     "FailoverAwareSSLConnection",
@@ -39,7 +41,7 @@ class NoReplicasError(ConnectionError):
     """The master refused a write for lack of replicas (``min-replicas-to-write``)."""
 
 
-class FailoverAwareConnection(SentinelManagedConnection):
+class FailoverAwareConnection(LeanSendMixin, SentinelManagedConnection):
     """A Sentinel-managed connection whose every reconnect asks Sentinel for the master."""
 
     async def connect_check_health(
