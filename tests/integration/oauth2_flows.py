@@ -18,7 +18,6 @@ import grpc
 import pytest
 import redis
 import redis.asyncio
-from redis.asyncio.connection import AbstractConnection
 
 from tests.harness.grpc_server import AppFactory, Credentials, bearer, bootstrap_admin, issue_token
 from tests.harness.redis_servers import RedisProcess
@@ -410,14 +409,14 @@ class RoundTrips:
 def recording_round_trips(monkeypatch: pytest.MonkeyPatch) -> Iterator[RoundTrips]:
     names = script_names()
     recorder = RoundTrips()
-    original = AbstractConnection.send_packed_command
+    # Counted at the socket writer, below every client path (redis-py's own send and the
+    # leaner one of storage/lean.py).
+    original = asyncio.StreamWriter.writelines
 
-    async def send_packed_command(
-        self: AbstractConnection, command: Any, check_health: bool = True
-    ) -> None:
+    def writelines(writer: asyncio.StreamWriter, data: Any) -> None:
+        chunks = list(data)
         if recorder.recording:
-            chunks = [command] if isinstance(command, (bytes, str)) else list(command)
-            packed = b"".join(c.encode() if isinstance(c, str) else bytes(c) for c in chunks)
+            packed = b"".join(bytes(chunk) for chunk in chunks)
             trip = []
             for args in _parse_commands(packed):
                 name = args[0].decode().lower()
@@ -428,7 +427,7 @@ def recording_round_trips(monkeypatch: pytest.MonkeyPatch) -> Iterator[RoundTrip
             # (or the health probe): no RPC sends one.
             if trip != ["ping"]:
                 recorder.trips.append(tuple(trip))
-        await original(self, command, check_health=check_health)
+        original(writer, chunks)
 
-    monkeypatch.setattr(AbstractConnection, "send_packed_command", send_packed_command)
+    monkeypatch.setattr(asyncio.StreamWriter, "writelines", writelines)
     yield recorder

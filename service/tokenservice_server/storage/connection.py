@@ -28,14 +28,7 @@ from typing import Any, Final
 import structlog
 from pydantic import SecretStr
 from redis.asyncio import Redis
-from redis.asyncio.connection import (
-    AbstractConnection,
-    Connection,
-    ConnectionPool,
-    SSLConnection,
-    UnixDomainSocketConnection,
-    parse_url,
-)
+from redis.asyncio.connection import AbstractConnection, parse_url
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
@@ -43,6 +36,12 @@ from redis.backoff import NoBackoff
 from tokenservice_server.config import RedisSettings, RedisTopology, parse_host_port
 from tokenservice_server.storage.embedded import EmbeddedValkey
 from tokenservice_server.storage.instrumented import FailoverObservingPool, InstrumentedRedis
+from tokenservice_server.storage.lean import (
+    LeanConnection,
+    LeanConnectionPool,
+    LeanSSLConnection,
+    LeanUnixDomainSocketConnection,
+)
 from tokenservice_server.storage.retry import Outage, default_retry
 from tokenservice_server.storage.sentinel import (
     FailoverAwareConnection,
@@ -178,8 +177,8 @@ async def _embedded_connections(settings: RedisSettings, log: Any) -> RedisConne
         outage = Outage(settings.fail_fast_after)
         common = _common_kwargs(settings, outage)
         common.update(host=server.host, port=server.port)
-        auth = _client_for(Connection, common, db=settings.auth_db)
-        cache = _client_for(Connection, common, db=settings.cache_db)
+        auth = _client_for(LeanConnection, common, db=settings.auth_db)
+        cache = _client_for(LeanConnection, common, db=settings.cache_db)
     except BaseException:
         await server.astop()
         raise
@@ -211,13 +210,13 @@ def _standalone_connections(settings: RedisSettings, url: str, log: Any) -> Redi
         if settings.tls.enabled:
             raise ValueError("redis.tls.enabled cannot be used with a unix:// url")
         common.pop("socket_keepalive")  # a TCP option
-        connection_class: type[AbstractConnection] = UnixDomainSocketConnection
+        connection_class: type[AbstractConnection] = LeanUnixDomainSocketConnection
     elif scheme == "rediss" or settings.tls.enabled:
-        connection_class = SSLConnection
+        connection_class = LeanSSLConnection
     else:
-        connection_class = Connection
+        connection_class = LeanConnection
 
-    if connection_class is SSLConnection:
+    if connection_class is LeanSSLConnection:
         common.update(_ssl_kwargs(settings))
     url_credentials: dict[str, Any] = {
         key: from_url.pop(key) for key in ("username", "password") if key in from_url
@@ -232,7 +231,7 @@ def _standalone_connections(settings: RedisSettings, url: str, log: Any) -> Redi
     if scheme == "unix":
         target = f"unix://{from_url.get('path', '')}"
     else:
-        tls = " (tls)" if connection_class is SSLConnection else ""
+        tls = " (tls)" if connection_class is LeanSSLConnection else ""
         target = f"{from_url.get('host', 'localhost')}:{from_url.get('port', 6379)}{tls}"
     return RedisConnections(
         auth=auth, cache=cache, topology=RedisTopology.STANDALONE, target=target, outage=outage
@@ -343,7 +342,7 @@ def _cache_credentials(settings: RedisSettings, auth: dict[str, Any]) -> dict[st
 def _client_for(
     connection_class: type[AbstractConnection], kwargs: dict[str, Any], *, db: int
 ) -> Redis:
-    pool = ConnectionPool(connection_class=connection_class, **{**kwargs, "db": db})
+    pool = LeanConnectionPool(connection_class=connection_class, **{**kwargs, "db": db})
     # from_pool: the client owns the pool and closes it in aclose().
     return InstrumentedRedis.from_pool(pool)
 

@@ -21,6 +21,7 @@ from redis.asyncio.client import Pipeline
 from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.exceptions import ConnectionError, NoScriptError, ResponseError, TimeoutError
 
+from tokenservice_server.storage.lean import LeanPoolMixin
 from tokenservice_server.storage.sentinel import master_address
 
 __all__ = [
@@ -71,15 +72,39 @@ class InstrumentedRedis(Redis):
     async def execute_command(self, *args: Any, **options: Any) -> Any:
         observer = self.observer
         if observer is None:
-            return await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
+            return await self._execute(args, options)
         started = time.perf_counter()
         try:
-            result = await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
+            result = await self._execute(args, options)
         except Exception as error:
             observer.failed(_command_name(args), error, time.perf_counter() - started)
             raise
         observer.observe(_command_name(args), time.perf_counter() - started)
         return result
+
+    async def _execute(self, args: tuple[Any, ...], options: dict[str, Any]) -> Any:
+        """redis-py's ``execute_command`` for a pooled client, less its per-call
+        OpenTelemetry-style recording (docs/performance.md): the same connection from the
+        pool, the same retry policy (``conn.retry``, our ``BoundedRetry``), the same
+        disconnect before each retry, the same send and parse."""
+        if self.single_connection_client or self.connection is not None:
+            return await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
+        pool = self.connection_pool
+        command_name = args[0]
+        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+        started = time.monotonic()
+
+        def failure_callback(error: Exception, failure_count: int) -> Any:
+            return self._close_connection(conn, error, failure_count, started, command_name)
+
+        try:
+            return await conn.retry.call_with_retry(
+                lambda: self._send_command_parse_response(conn, command_name, *args, **options),  # type: ignore[no-untyped-call]
+                failure_callback,
+                with_failure_count=True,
+            )
+        finally:
+            await pool.release(conn)
 
     def pipeline(self, transaction: bool = True, shard_hint: str | None = None) -> Pipeline:
         pipe = InstrumentedPipeline(
@@ -109,7 +134,7 @@ class InstrumentedPipeline(Pipeline):
         return result
 
 
-class FailoverObservingPool(SentinelConnectionPool):
+class FailoverObservingPool(LeanPoolMixin, SentinelConnectionPool):
     """A Sentinel master pool that reports when the master address changes, and learns
     of a promotion as early as Sentinel tells (``sentinel.master_address``)."""
 

@@ -175,7 +175,15 @@ class ScriptRegistry(Mapping[str, AsyncScript]):
         """
         script = self[name]
         if self.replica_ack_timeout_ms is None or name not in DURABLE_SCRIPTS:
-            return await script(keys=keys, args=args)
+            # What AsyncScript.__call__ does for a plain client, less its per-call import
+            # and argument copies (this is every hot RPC's one round trip).
+            client = self.client
+            try:
+                return await client.evalsha(script.sha, len(keys), *keys, *args)
+            except NoScriptError:
+                # A fresh server (restart, failover) lacks the script: load it, run again.
+                script.sha = await client.script_load(script.script)
+                return await client.evalsha(script.sha, len(keys), *keys, *args)
         return await self._call_replicated(script, keys, args)
 
     async def _call_replicated(

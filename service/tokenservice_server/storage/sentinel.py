@@ -44,6 +44,8 @@ from redis.asyncio.sentinel import (
 )
 from redis.exceptions import ConnectionError, ResponseError, TimeoutError
 
+from tokenservice_server.storage.lean import LeanSendMixin
+
 __all__ = [
     "FailoverAwareConnection",
     "FailoverAwareSSLConnection",
@@ -57,7 +59,7 @@ class NoReplicasError(ConnectionError):
     """The master refused a write for lack of replicas (``min-replicas-to-write``)."""
 
 
-class FailoverAwareConnection(SentinelManagedConnection):
+class FailoverAwareConnection(LeanSendMixin, SentinelManagedConnection):
     """A Sentinel-managed connection whose every reconnect asks Sentinel for the master."""
 
     async def connect_check_health(

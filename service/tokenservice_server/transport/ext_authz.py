@@ -14,6 +14,7 @@ cancels the handler at the deadline itself.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -33,6 +34,7 @@ from tokenservice_server.domain.access_check import (
     route_requirements,
 )
 from tokenservice_server.domain.scopes import format_scope
+from tokenservice_server.domain.tokens import Caller
 from tokenservice_server.metrics import ServerMetrics
 
 __all__ = ["AuthorizationServicer"]
@@ -45,6 +47,9 @@ SUBJECT_HEADER = "x-auth-subject"
 SCOPES_HEADER = "x-auth-scopes"
 
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+
+#: Distinct CheckResponses kept (allowed: per client, subject and scopes; denials).
+_RESPONSES = 4096
 
 _RPC_CODE = {
     Outcome.ALLOWED: code_pb2.OK,
@@ -101,6 +106,14 @@ class AuthorizationServicer:
         self._results = {
             outcome: metrics.check_results.labels(result=outcome.value) for outcome in Outcome
         }
+        self._allowed = functools.lru_cache(maxsize=_RESPONSES)(self._build_allowed)
+        self._denied = functools.lru_cache(maxsize=_RESPONSES)(self._build)
+
+    def _build_allowed(
+        self, outcome: Outcome, client_id: str, subject: str, scopes: frozenset[str]
+    ) -> external_auth_pb2.CheckResponse:
+        caller = Caller(client_id=client_id, scopes=scopes, subject=subject)
+        return self._build(AccessDecision(outcome=outcome, caller=caller))
 
     async def Check(
         self, request: external_auth_pb2.CheckRequest, context: Context
@@ -123,6 +136,17 @@ class AuthorizationServicer:
         return self._response(decision)
 
     def _response(self, decision: AccessDecision) -> external_auth_pb2.CheckResponse:
+        """The CheckResponse of ``decision``, built once per distinct answer: building one
+        (headers, the metadata Struct) cost ~26 microseconds, and answers repeat (one per
+        client, subject and scopes; the same few denials). The message is only read
+        (serialised by grpc) after it is returned, so one object serves every call."""
+        caller = decision.caller
+        if caller is not None:
+            # Only these fields reach the response: the token digest must not split the key.
+            return self._allowed(decision.outcome, caller.client_id, caller.subject, caller.scopes)
+        return self._denied(decision)
+
+    def _build(self, decision: AccessDecision) -> external_auth_pb2.CheckResponse:
         response = external_auth_pb2.CheckResponse(
             status=status_pb2.Status(code=_RPC_CODE[decision.outcome]),
             dynamic_metadata=_metadata(decision),

@@ -12,8 +12,9 @@ or abort with a status, and this layer makes sure that
 
 from __future__ import annotations
 
+import logging
+import os
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -24,7 +25,7 @@ from redis.exceptions import ResponseError as RedisResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from tokenservice_server.domain.errors import BackendUnavailable, DomainError
-from tokenservice_server.logging import get_logger
+from tokenservice_server.logging import enabled_for, get_logger
 from tokenservice_server.metrics import ServerMetrics
 from tokenservice_server.storage.retry import retry_deadline
 from tokenservice_server.transport.errors import abort_with_domain_error
@@ -64,7 +65,8 @@ def _request_id(metadata: tuple[tuple[str, str | bytes], ...] | None) -> str:
             cleaned = value.strip()[:_MAX_REQUEST_ID]
             if cleaned.isprintable() and cleaned:
                 return cleaned
-    return uuid.uuid4().hex
+    # 128 random bits as 32 hex digits, like uuid4().hex without building a UUID (4 us).
+    return os.urandom(16).hex()
 
 
 def _final_code(context: grpc.aio.ServicerContext[Any, Any]) -> grpc.StatusCode:
@@ -144,7 +146,10 @@ class _RpcScope:
         code = _final_code(context)
         self.method.handled(code.name).inc()
         self.method.handling.observe(elapsed)
-        log = _log.debug if self.quiet and code is grpc.StatusCode.OK else _log.info
+        quiet = self.quiet and code is grpc.StatusCode.OK
+        if not enabled_for(logging.DEBUG if quiet else logging.INFO):
+            return  # filtered out anyway: skip binding the logger and reading the peer
+        log = _log.debug if quiet else _log.info
         log(
             "rpc",
             method=self.full_method,
