@@ -188,15 +188,16 @@ scenario(
         _check(code_pb2.OK),
         _valid_tokens,
         Target(ratio=0.75, round_trips=1),
+        server="uncached",
     )
 )
 scenario(
     Scenario(
         "check_hot",
-        "ext_authz Check, one hot token (0 round trips once the hot-token cache lands)",
+        "ext_authz Check, one hot token, hot-token cache off (check_cached: on)",
         _check(code_pb2.OK),
         _hot_token,
-        Target(ratio=0.90, round_trips=0),
+        server="uncached",
     )
 )
 #: The hot-token cache (issue 9 item 3), when this checkout has it: the same hot-token
@@ -219,6 +220,7 @@ scenario(
         "ext_authz Check, well-formed unknown token (401)",
         _check(code_pb2.UNAUTHENTICATED),
         _unknown_tokens,
+        server="uncached",
     )
 )
 
@@ -246,10 +248,20 @@ def _introspect(channel: grpc.aio.Channel, data: Data, worker: int, workers: int
 scenario(
     Scenario(
         "introspect",
-        "IntrospectToken of a valid token (caller: admin bearer token)",
+        "IntrospectToken of a valid token (caller: admin bearer token), cache off",
         _introspect,
         _introspect_data,
         Target(ratio=0.70, round_trips=1),
+        server="uncached",
+    )
+)
+scenario(
+    Scenario(
+        "introspect_cached",
+        "IntrospectToken of a valid token, hot-token cache on (the default)",
+        _introspect,
+        _introspect_data,
+        server="cached",
     )
 )
 
