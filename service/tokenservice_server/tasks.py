@@ -1,11 +1,11 @@
 """Stopping background tasks within a bound.
 
-A task cancelled while ``asyncio.timeout`` (used by redis-py for socket reads and by our
-Redis probe) reaches its own deadline can take the cancellation for that timeout on
-Python 3.11: the task sees ``TimeoutError``, handles it as a failed round, and carries on
-looping as if never cancelled, so ``task.cancel(); await task`` waits forever.
-:func:`cancel_and_wait` cancels again until the task ends, and gives up after ``within``
-seconds so shutdown stays bounded whatever the task does.
+``task.cancel(); await task`` waits forever if the cancellation is lost: a library call
+inside the task may catch it, or take it for a timeout of its own that expires at the
+same moment (``asyncio.timeout`` in redis-py's reads and in our Redis probe), and a loop
+that treats that as one failed round carries on. :func:`cancel_and_wait` cancels again
+until the task ends, and gives up after ``within`` seconds so shutdown stays bounded
+whatever the task does.
 """
 
 from __future__ import annotations
