@@ -1,7 +1,10 @@
 """``make soak``: mixed load for SOAK_SECONDS (default 600) against a server on a real
 Sentinel topology (1 master, 2 replicas, 3 sentinels), with a failover every
 SOAK_FAILOVER_EVERY seconds (default 120), alternating ``kill -9`` of the master (it
-rejoins as a replica) and a graceful ``SENTINEL FAILOVER``. Issue 10, item 6.
+rejoins as a replica) and a graceful switchover (``SENTINEL FAILOVER`` the way
+docs/reliability.md prescribes: writes paused on the old master first; a plain one can
+drop acknowledged writes). The server runs with ``durability: replicated``, the mode that
+promises no acknowledged write is lost. Issue 10, item 6.
 
 The load is closed loop, SOAK_CONCURRENCY (default 16) calls in flight, each picking one
 of: IssueToken, Check (valid token, must be allowed), IntrospectToken, RevokeToken then a
@@ -142,7 +145,7 @@ def _failover(topology: SentinelTopology, kind: str) -> dict[str, Any]:
         promoted = time.monotonic() - started
         topology.restart_as_replica(old, timeout=30)
     else:
-        topology.graceful_failover(timeout=30)
+        topology.paused_switchover(timeout=30)
         promoted = time.monotonic() - started
     return {"kind": kind, "promoted_after_s": round(promoted, 2), "at": time.time()}
 
@@ -244,6 +247,7 @@ def main() -> None:
             env={
                 "TOKENSERVICE_REDIS__SENTINELS": json.dumps(topology.sentinel_addresses),
                 "TOKENSERVICE_REDIS__MASTER_NAME": topology.master_name,
+                "TOKENSERVICE_REDIS__DURABILITY": "replicated",
             },
         )
         server.env.pop("TOKENSERVICE_REDIS__URL")
