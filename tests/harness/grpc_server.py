@@ -9,11 +9,13 @@ from typing import Any
 import grpc
 import pytest
 
+from tests.helpers import eventually
 from tokenservice.v1 import token_service_pb2, token_service_pb2_grpc
 from tokenservice_server.app import Application
 from tokenservice_server.config import load_settings
 from tokenservice_server.domain.bootstrap import admin_client_spec
 from tokenservice_server.domain.credentials import CredentialKind, new_credential
+from tokenservice_server.domain.token_cache import TokenCache
 
 AppFactory = Callable[..., Awaitable[Application]]
 
@@ -108,3 +110,17 @@ async def admin_credentials(server: Application) -> Credentials:
 @pytest.fixture
 async def admin_token(channel: grpc.aio.Channel, admin_credentials: Credentials) -> str:
     return await issue_token(channel, admin_credentials)
+
+
+async def hot_token_cache_in_use(app: Application, timeout: float = 10.0) -> TokenCache:
+    """The app's hot-token cache, once its revocation feed is subscribed (before that the
+    cache is bypassed: every lookup goes to Redis)."""
+    assert app.components is not None
+    cache = app.components.token_cache
+    assert cache is not None
+
+    async def subscribed() -> bool:
+        return cache.up
+
+    await eventually(subscribed, timeout=timeout)
+    return cache

@@ -423,12 +423,7 @@ class SentinelTopology:
         new = self.wait_for_new_master(old, timeout=timeout)
         old_node = next(node for node in self.nodes if node.address == old)
 
-        def demoted() -> bool:
-            with self.node_client(old_node) as client:
-                info = client.info("replication")
-                return bool(info["role"] == "slave" and info.get("master_link_status") == "up")
-
-        wait_until(demoted, timeout=timeout, interval=0.1, what="the old master to follow")
+        self._wait_following(old_node, timeout)
         return new
 
     def paused_switchover(
@@ -452,13 +447,18 @@ class SentinelTopology:
             with self.node_client(old_node) as client:
                 client.execute_command("CLIENT", "UNPAUSE")
 
+        self._wait_following(old_node, timeout)
+        return new
+
+    def _wait_following(self, old_node: RedisProcess, timeout: float) -> None:
+        """Until the old master replicates the new one with its link up."""
+
         def demoted() -> bool:
             with self.node_client(old_node) as client:
                 info = client.info("replication")
                 return bool(info["role"] == "slave" and info.get("master_link_status") == "up")
 
         wait_until(demoted, timeout=timeout, interval=0.1, what="the old master to follow")
-        return new
 
     def _replicas_in_sync(self) -> bool:
         for replica in self.nodes[1:]:

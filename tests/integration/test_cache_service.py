@@ -9,7 +9,12 @@ import asyncio
 import grpc
 import pytest
 
-from tests.harness.grpc_server import AppFactory, bootstrap_admin, issue_token
+from tests.harness.grpc_server import (
+    AppFactory,
+    bootstrap_admin,
+    hot_token_cache_in_use,
+    issue_token,
+)
 from tests.harness.redis_servers import RedisProcess
 from tests.helpers import eventually
 from tests.integration.cache_support import (
@@ -213,13 +218,7 @@ async def test_every_rpc_is_one_round_trip(app_factory: AppFactory, valkey: Redi
     a long TTL here so a slow run does not expire it between calls)."""
     # A long health interval keeps the probe's PINGs out of the window.
     app = await app_factory(redis={"url": valkey.url}, health_interval=60, token_cache={"ttl": 60})
-    token_cache = app.components.token_cache
-    assert token_cache is not None
-
-    async def subscribed() -> bool:
-        return token_cache.up
-
-    await eventually(subscribed, timeout=10)
+    await hot_token_cache_in_use(app)
     admin = await bootstrap_admin(app)
     async with grpc.aio.insecure_channel(redis_target(app)) as channel:
         cache = Cache(channel, await issue_token(channel, admin))

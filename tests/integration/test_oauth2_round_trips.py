@@ -29,9 +29,8 @@ from collections.abc import AsyncIterator, Iterator
 import grpc
 import pytest
 
-from tests.harness.grpc_server import AppFactory, bearer, issue_token
+from tests.harness.grpc_server import AppFactory, bearer, hot_token_cache_in_use, issue_token
 from tests.harness.redis_servers import RedisProcess
-from tests.helpers import eventually
 from tests.integration.oauth2_flows import (
     Flow,
     RoundTrips,
@@ -50,13 +49,7 @@ async def flow(app_factory: AppFactory, valkey: RedisProcess) -> AsyncIterator[F
     async with open_flow(
         app_factory, valkey, health_interval=60, rate_limit={}, token_cache={"ttl": 60}
     ) as opened:
-        cache = opened.app.components.token_cache
-        assert cache is not None
-
-        async def subscribed() -> bool:  # the revocation feed: the cache is in use
-            return cache.up
-
-        await eventually(subscribed, timeout=10)
+        await hot_token_cache_in_use(opened.app)
         yield opened
 
 

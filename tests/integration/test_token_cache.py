@@ -15,7 +15,13 @@ import pytest
 from google.rpc import code_pb2
 
 from tests.harness.clients import token_for
-from tests.harness.grpc_server import AppFactory, Credentials, bootstrap_admin, issue_token
+from tests.harness.grpc_server import (
+    AppFactory,
+    Credentials,
+    bootstrap_admin,
+    hot_token_cache_in_use,
+    issue_token,
+)
 from tests.harness.redis_servers import RedisProcess
 from tests.helpers import eventually
 from tests.integration.oauth2_flows import open_flow, recording_round_trips
@@ -273,13 +279,7 @@ async def test_a_family_revoked_in_a_script_leaves_this_replicas_cache_at_once(
     the replica that ran the script drops them from its cache itself, not only when the
     pub/sub echo arrives (the echo is switched off here, so only that path can work)."""
     async with open_flow(app_factory, valkey, token_cache={"ttl": 60}) as flow:
-        cache = flow.app.components.token_cache
-        assert cache is not None
-
-        async def subscribed() -> bool:
-            return cache.up
-
-        await eventually(subscribed, timeout=10)
+        cache = await hot_token_cache_in_use(flow.app)
         monkeypatch.setattr(RevocationFeed, "_handle", lambda self, message: None)
         client = await flow.client()
         issued = await flow.login(client)

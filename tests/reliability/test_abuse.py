@@ -11,12 +11,13 @@ from collections import Counter
 import grpc
 import pytest
 import redis
-from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+from envoy.service.auth.v3 import external_auth_pb2_grpc
 from google.rpc import code_pb2
 
 from tests.harness.clients import register_client
 from tests.harness.grpc_server import AppFactory, Credentials, bearer, bootstrap_admin, issue_token
 from tests.harness.redis_servers import RedisProcess
+from tests.integration.test_ext_authz_check import check_request
 from tokenservice.v1 import token_service_pb2, token_service_pb2_grpc
 from tokenservice_server.app import Application
 from tokenservice_server.domain.credentials import CredentialKind, new_credential
@@ -131,14 +132,6 @@ async def test_guessed_tokens_cost_no_redis_work_in_check_and_introspect(
         real = await issue_token(channel, victim)
         guesses = _guesses(real)
         check = external_auth_pb2_grpc.AuthorizationStub(channel)
-
-        def check_request(token: str) -> external_auth_pb2.CheckRequest:
-            request = external_auth_pb2.CheckRequest()
-            http = request.attributes.request.http
-            http.method, http.path = "GET", "/recipes"
-            http.headers["authorization"] = f"Bearer {token}"
-            request.attributes.source.address.socket_address.address = "192.0.2.10"
-            return request
 
         before = _command_calls(sync)
         for guess in guesses:

@@ -36,12 +36,13 @@ from typing import Any, cast
 
 import grpc
 import pytest
-from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+from envoy.service.auth.v3 import external_auth_pb2_grpc
 
 from tests.harness.grpc_server import AppFactory, Credentials, bootstrap_admin, issue_token
 from tests.harness.redis_servers import SentinelTopology
 from tests.integration.cache_support import Cache
 from tests.integration.oauth2_support import CC, OAuth
+from tests.integration.test_ext_authz_check import check_request
 from tests.reliability.support import write_results
 from tokenservice_server.storage import keys
 from tokenservice_server.storage.retry import RETRY_BUDGET
@@ -90,15 +91,6 @@ class Ledger:
         self.active.add(token)
         self.owner[token] = owner
         self.origin[token] = origin
-
-
-def check_request(token: str) -> external_auth_pb2.CheckRequest:
-    request = external_auth_pb2.CheckRequest()
-    http = request.attributes.request.http
-    http.method, http.path = "GET", "/recipes"
-    http.headers["authorization"] = f"Bearer {token}"
-    request.attributes.source.address.socket_address.address = "192.0.2.10"
-    return request
 
 
 class Load:

@@ -33,8 +33,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tests.harness.grpc_server import AppFactory, Credentials, bearer, bootstrap_admin, issue_token
 from tests.harness.redis_servers import RedisProcess
 from tests.helpers import eventually
+from tests.integration.test_ext_authz_check import check_request
 from tests.reliability.support import retry_delay, write_results
-from tests.reliability.test_failover import check_request
 from tokenservice.client import error_reason
 from tokenservice.v1 import cache_service_pb2, token_service_pb2
 from tokenservice.v1.cache_service_pb2_grpc import CacheServiceStub
