@@ -116,6 +116,10 @@ class RedisSettings(_Strict):
         default=5.0, ge=0, le=300, description="seconds of outage before calls stop retrying"
     )
     max_connections: int = Field(default=128, ge=1, le=10_000)
+    shared_connection: bool = Field(
+        default=True,
+        description="hot-path commands of concurrent calls share one pipelined connection",
+    )
     data_dir: Path = Field(default=Path("var"), description="embedded Valkey data directory")
     embedded_port: int = Field(default=0, ge=0, le=65535, description="0 picks a free port")
     durability: Literal["async", "replicated"] = Field(

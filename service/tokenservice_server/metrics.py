@@ -143,7 +143,8 @@ class ServerMetrics:
         )
         self.redis_pool_connections = Gauge(
             "tokenservice_redis_pool_connections",
-            "Connections of the Redis client pools by state (in_use, idle).",
+            "Connections of the Redis clients by state (in_use, idle: the pool; shared: the "
+            "pipelined connection of the hot-path commands, 0 or 1).",
             ("db", "state"),
             registry=self.registry,
         )

@@ -20,6 +20,8 @@ from tokenservice_server.storage.instrumented import (
     InstrumentedRedis,
     error_kind,
 )
+from tokenservice_server.storage.lean import LeanPoolMixin
+from tokenservice_server.storage.shared_connection import SharedConnection
 
 __all__ = ["RedisCommandMetrics", "instrument_redis"]
 
@@ -85,6 +87,13 @@ def _pool_size(pool: object, attribute: str) -> Callable[[], float]:
     return size
 
 
+def _shared_open(shared: SharedConnection) -> Callable[[], float]:
+    def value() -> float:
+        return float(shared.connected)
+
+    return value
+
+
 def instrument_redis(connections: RedisConnections, metrics: ServerMetrics) -> None:
     failovers = _FailoverCounter(metrics)
     for db, client in (("auth", connections.auth), ("cache", connections.cache)):
@@ -101,5 +110,9 @@ def instrument_redis(connections: RedisConnections, metrics: ServerMetrics) -> N
             )
             metrics.redis_pool_connections.labels(db=db, state="idle").set_function(
                 _pool_size(pool, "_available_connections")
+            )
+        if isinstance(pool, LeanPoolMixin) and pool.shared is not None:
+            metrics.redis_pool_connections.labels(db=db, state="shared").set_function(
+                _shared_open(pool.shared)
             )
         metrics.redis_pool_max_connections.labels(db=db).set(pool.max_connections)

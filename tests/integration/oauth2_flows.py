@@ -21,6 +21,7 @@ import redis.asyncio
 
 from tests.harness.grpc_server import AppFactory, Credentials, bearer, bootstrap_admin, issue_token
 from tests.harness.redis_servers import RedisProcess
+from tests.harness.redis_writes import on_redis_writes
 from tokenservice.client import error_info, error_reason
 from tokenservice.v1 import (
     client_registry_pb2,
@@ -409,25 +410,20 @@ class RoundTrips:
 def recording_round_trips(monkeypatch: pytest.MonkeyPatch) -> Iterator[RoundTrips]:
     names = script_names()
     recorder = RoundTrips()
-    # Counted at the socket writer, below every client path (redis-py's own send and the
-    # leaner one of storage/lean.py).
-    original = asyncio.StreamWriter.writelines
 
-    def writelines(writer: asyncio.StreamWriter, data: Any) -> None:
-        chunks = list(data)
-        if recorder.recording:
-            packed = b"".join(bytes(chunk) for chunk in chunks)
-            trip = []
-            for args in _parse_commands(packed):
-                name = args[0].decode().lower()
-                if name == "evalsha":
-                    name = f"evalsha:{names.get(args[1].decode(), args[1].decode())}"
-                trip.append(name)
-            # A lone PING is the revocation feed's keepalive on its pub/sub connection
-            # (or the health probe): no RPC sends one.
-            if trip != ["ping"]:
-                recorder.trips.append(tuple(trip))
-        original(writer, chunks)
+    def record(packed: bytes) -> None:
+        if not recorder.recording:
+            return
+        trip = []
+        for args in _parse_commands(packed):
+            name = args[0].decode().lower()
+            if name == "evalsha":
+                name = f"evalsha:{names.get(args[1].decode(), args[1].decode())}"
+            trip.append(name)
+        # A lone PING is the revocation feed's keepalive on its pub/sub connection
+        # (or the health probe): no RPC sends one.
+        if trip != ["ping"]:
+            recorder.trips.append(tuple(trip))
 
-    monkeypatch.setattr(asyncio.StreamWriter, "writelines", writelines)
+    on_redis_writes(monkeypatch, record)
     yield recorder

@@ -21,6 +21,7 @@ from google.rpc import code_pb2
 from tests.harness.clients import token_for
 from tests.harness.grpc_server import AppFactory, bootstrap_admin, issue_token
 from tests.harness.redis_servers import RedisProcess
+from tests.harness.redis_writes import on_redis_writes
 from tests.helpers import eventually
 from tokenservice_server.app import Application
 from tokenservice_server.domain.credentials import CredentialKind, new_credential
@@ -188,19 +189,11 @@ async def test_malformed_route_configuration_is_an_rpc_error(edge_factory: Any) 
 class RoundTrips:
     """Counts what the server's Redis clients send: one write is one round trip (a
     pipeline is one write), so this is the number of round trips, whatever runs inside a
-    script. Counted at the socket writer, below every client path (redis-py's own send
-    and the leaner one of storage/lean.py)."""
+    script (``tests/harness/redis_writes.py``: every client path)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.sent: list[bytes] = []
-        original = asyncio.StreamWriter.writelines
-
-        def counting(writer: asyncio.StreamWriter, data: Any) -> None:
-            chunks = list(data)
-            self.sent.append(b"".join(bytes(chunk) for chunk in chunks))
-            original(writer, chunks)
-
-        monkeypatch.setattr(asyncio.StreamWriter, "writelines", counting)
+        on_redis_writes(monkeypatch, self.sent.append)
 
     def count(self, word: bytes) -> int:
         return sum(word in packed.upper() for packed in self.sent)

@@ -39,6 +39,7 @@ from tokenservice_server.storage.instrumented import FailoverObservingPool, Inst
 from tokenservice_server.storage.lean import (
     LeanConnection,
     LeanConnectionPool,
+    LeanPoolMixin,
     LeanSSLConnection,
     LeanUnixDomainSocketConnection,
 )
@@ -149,6 +150,12 @@ async def connect_redis(settings: RedisSettings, *, log: Any = None) -> RedisCon
         connections = _standalone_connections(settings, settings.url, log)
     else:
         connections = await _embedded_connections(settings, log)
+    shared = settings.shared_connection and all(
+        [
+            isinstance(pool, LeanPoolMixin) and pool.share_connection()
+            for pool in (connections.auth.connection_pool, connections.cache.connection_pool)
+        ]
+    )
     log.info(
         "redis connections configured",
         topology=str(topology),
@@ -156,6 +163,7 @@ async def connect_redis(settings: RedisSettings, *, log: Any = None) -> RedisCon
         auth_db=settings.auth_db,
         cache_db=settings.cache_db,
         tls=_tls_in_use(settings),
+        shared_connection=shared,
     )
     return connections
 

@@ -12,17 +12,20 @@ retries: it is the latency the service sees, not the server's.
 
 from __future__ import annotations
 
+import inspect
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.asyncio.sentinel import SentinelConnectionPool
+from redis.client import EMPTY_RESPONSE, NEVER_DECODE
 from redis.exceptions import ConnectionError, NoScriptError, ResponseError, TimeoutError
 
 from tokenservice_server.storage.lean import LeanPoolMixin
 from tokenservice_server.storage.sentinel import master_address
+from tokenservice_server.storage.shared_connection import SHARED_COMMANDS, SharedConnection
 
 __all__ = [
     "CommandObserver",
@@ -90,6 +93,11 @@ class InstrumentedRedis(Redis):
         if self.single_connection_client or self.connection is not None:
             return await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
         pool = self.connection_pool
+        shared: SharedConnection | None = getattr(pool, "shared", None)
+        if shared is not None and args[0] in SHARED_COMMANDS and NEVER_DECODE not in options:
+            return await shared.retry.call_with_retry(
+                lambda: self._shared_call(shared, args, options), _nothing_to_close
+            )
         command_name = args[0]
         conn = await pool.get_connection()  # type: ignore[no-untyped-call]
         started = time.monotonic()
@@ -106,6 +114,19 @@ class InstrumentedRedis(Redis):
         finally:
             await pool.release(conn)
 
+    async def _shared_call(
+        self, shared: SharedConnection, args: tuple[Any, ...], options: dict[str, Any]
+    ) -> Any:
+        """One command on the shared connection, its reply parsed as ``parse_response``
+        does (the same response callbacks)."""
+        try:
+            reply = await shared.execute(args)
+        except ResponseError:
+            if EMPTY_RESPONSE in options:
+                return options[EMPTY_RESPONSE]
+            raise
+        return await _parsed(self, args[0], reply, options)
+
     def pipeline(self, transaction: bool = True, shard_hint: str | None = None) -> Pipeline:
         pipe = InstrumentedPipeline(
             self.connection_pool, self.response_callbacks, transaction, shard_hint
@@ -114,24 +135,80 @@ class InstrumentedRedis(Redis):
         return pipe
 
 
+async def _parsed(client: Redis, name: Any, reply: Any, options: Mapping[str, Any]) -> Any:
+    options = {k: v for k, v in options.items() if k not in (EMPTY_RESPONSE, "keys")}
+    callback = client.response_callbacks.get(name)
+    if callback is None:
+        return reply
+    result = callback(reply, **options)
+    return await result if inspect.isawaitable(result) else result
+
+
+async def _nothing_to_close(error: Exception) -> None:
+    """A failed shared connection closes itself (``shared_connection``); a caller that
+    gave up leaves it usable."""
+
+
 class InstrumentedPipeline(Pipeline):
-    """A pipeline timed as one operation (PIPELINE, or MULTI for a transaction)."""
+    """A pipeline timed as one operation (PIPELINE, or MULTI for a transaction).
+
+    A pipeline of ``SHARED_COMMANDS`` only, outside a transaction, is written to the
+    pool's shared connection when it has one (``shared_connection``)."""
 
     observer: CommandObserver | None = None
 
     async def execute(self, raise_on_error: bool = True) -> list[Any]:
         observer = self.observer
         if observer is None or not self.command_stack:
-            return await super().execute(raise_on_error)
+            return await self._execute(raise_on_error)
         name = "MULTI" if self.is_transaction or self.explicit_transaction else "PIPELINE"
         started = time.perf_counter()
         try:
-            result = await super().execute(raise_on_error)
+            result = await self._execute(raise_on_error)
         except Exception as error:
             observer.failed(name, error, time.perf_counter() - started)
             raise
         observer.observe(name, time.perf_counter() - started)
         return result
+
+    async def _execute(self, raise_on_error: bool) -> list[Any]:
+        shared: SharedConnection | None = getattr(self.connection_pool, "shared", None)
+        stack = self.command_stack
+        if (
+            shared is None
+            or not stack
+            or self.is_transaction
+            or self.explicit_transaction
+            or self.watching
+            or self.scripts
+            or self.connection is not None
+            or not all(
+                args and args[0] in SHARED_COMMANDS and NEVER_DECODE not in options
+                for args, options in stack
+            )
+        ):
+            return await super().execute(raise_on_error)
+        try:
+            return await shared.retry.call_with_retry(
+                lambda: self._shared_pipeline(shared, raise_on_error), _nothing_to_close
+            )
+        finally:
+            await self.reset()  # type: ignore[no-untyped-call]
+
+    async def _shared_pipeline(self, shared: SharedConnection, raise_on_error: bool) -> list[Any]:
+        stack = self.command_stack
+        replies = await shared.execute_many([args for args, _ in stack])
+        response: list[Any] = []
+        for (args, options), reply in zip(stack, replies, strict=True):
+            if isinstance(reply, ConnectionError):
+                raise reply  # a failover reply (READONLY, NOREPLICAS): retried
+            if isinstance(reply, ResponseError):
+                response.append(reply)
+            else:
+                response.append(await _parsed(self, args[0], reply, options))
+        if raise_on_error:
+            self.raise_first_error(stack, response)
+        return response
 
 
 class FailoverObservingPool(LeanPoolMixin, SentinelConnectionPool):

@@ -13,6 +13,8 @@ authentication and unix sockets, and drop only the per-call work we do not use:
   after-release event is still dispatched when a credential provider (re-authentication)
   could listen for it. A connection is still checked before use (``ensure_connection``:
   connected, no unread data).
+* ``LeanPoolMixin.share_connection``: the pool also keeps one shared, pipelined
+  connection for the commands of the hot paths (``shared_connection.py``).
 * :class:`LeanSendMixin`: ``send_packed_command`` writes without wrapping the write in
   ``asyncio.wait_for`` (a new Task per command) when the write cannot block: the bytes
   went to the socket at once (the transport buffers nothing), so ``drain()`` returns at
@@ -33,9 +35,12 @@ from redis.asyncio.connection import (
     SSLConnection,
     UnixDomainSocketConnection,
 )
+from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.event import AsyncAfterConnectionReleasedEvent
 from redis.exceptions import ConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from tokenservice_server.storage.shared_connection import SharedConnection
 
 __all__ = [
     "LeanConnection",
@@ -49,6 +54,31 @@ __all__ = [
 
 class LeanPoolMixin(ConnectionPool):
     """``get_connection``/``release`` with only the work this service needs."""
+
+    #: The shared connection of the hot-path commands, once ``share_connection`` is called.
+    shared: SharedConnection | None = None
+
+    def share_connection(self) -> bool:
+        """Keep one shared, pipelined connection for ``SHARED_COMMANDS`` (the clients in
+        ``instrumented.py`` use it). Not for RESP3 connections, whose server may push
+        messages between replies. Returns whether it is in use."""
+        kwargs = self.connection_kwargs
+        if kwargs.get("protocol") not in (None, 2, "2"):
+            return False
+        self.shared = SharedConnection(
+            self.make_connection,
+            retry=kwargs["retry"],
+            socket_timeout=kwargs.get("socket_timeout"),
+            follows_master=isinstance(self, SentinelConnectionPool) and self.is_master,
+        )
+        return True
+
+    async def disconnect(self, inuse_connections: bool = True) -> None:
+        # A new master (Sentinel), a reset or closing: the shared connection is not used
+        # for new commands, and closes once the replies in flight are in.
+        if self.shared is not None:
+            self.shared.retire()
+        await super().disconnect(inuse_connections)
 
     async def get_connection(self, command_name: Any = None, *keys: Any, **options: Any) -> Any:
         if self._lock.locked():

@@ -1,0 +1,203 @@
+"""The shared, pipelined connection (storage/shared_connection.py) against a real Valkey.
+
+Many callers in flight on one connection must each get their own reply, whatever happens
+to the others: an error reply, a caller that gives up, the connection killed, Redis
+stalled. Commands that hold connection state stay on pooled connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.exceptions import NoScriptError, ResponseError
+
+from tests.harness.redis_servers import RedisProcess
+from tokenservice_server.config import RedisSettings
+from tokenservice_server.storage import RedisConnections, open_redis
+from tokenservice_server.storage.lean import LeanPoolMixin
+from tokenservice_server.storage.shared_connection import SharedConnection
+
+#: A script that echoes its argument, and one that keeps Redis busy for roughly ARGV[1] ms
+#: (a counting loop: Redis freezes TIME while a script runs).
+ECHO = "return ARGV[1]"
+BUSY = """
+local x = 0
+for i = 1, tonumber(ARGV[1]) * 200000 do x = x + i end
+return ARGV[2]
+"""
+
+
+@pytest.fixture
+async def redis(valkey: RedisProcess) -> AsyncIterator[RedisConnections]:
+    settings = RedisSettings(url=valkey.url, socket_timeout=0.5)
+    async with open_redis(settings) as connections:
+        yield connections
+
+
+def shared_of(redis: RedisConnections) -> SharedConnection:
+    pool = redis.auth.connection_pool
+    assert isinstance(pool, LeanPoolMixin)
+    assert pool.shared is not None
+    return pool.shared
+
+
+def client_count(valkey: RedisProcess) -> int:
+    """Connections Valkey has on the auth DB (0), this test's own excluded."""
+    with valkey.client() as admin:
+        clients = admin.client_list()
+        me = admin.client_id()
+    return sum(1 for c in clients if int(c["db"]) == 0 and int(c["id"]) != me)
+
+
+async def test_concurrent_callers_share_one_connection_and_get_their_own_replies(
+    redis: RedisConnections, valkey: RedisProcess
+) -> None:
+    echo = await redis.auth.script_load(ECHO)
+    await redis.auth.hset("h", mapping={"a": "1"})
+    results = await asyncio.gather(
+        *(redis.auth.evalsha(echo, 0, f"caller-{n}") for n in range(200)),
+        *(redis.auth.hgetall("h") for _ in range(50)),
+        *(redis.auth.exists("h", "missing") for _ in range(50)),
+    )
+    assert results[:200] == [f"caller-{n}".encode() for n in range(200)]
+    assert results[200:250] == [{b"a": b"1"}] * 50  # the response callbacks still apply
+    assert results[250:] == [1] * 50
+    assert shared_of(redis).connected
+    # The shared connection, plus the one pooled connection SCRIPT LOAD/HSET took.
+    assert client_count(valkey) == 2
+
+
+async def test_a_pipeline_of_reads_goes_on_the_shared_connection(
+    redis: RedisConnections,
+) -> None:
+    await redis.auth.hset("h", mapping={"a": "1"})
+    async with redis.auth.pipeline(transaction=False) as pipe:
+        pipe.hgetall("h").exists("h").hgetall("missing").exists("missing")
+        assert await pipe.execute() == [{b"a": b"1"}, 1, {}, 0]
+    assert shared_of(redis).connected
+    # A transaction keeps its own connection (MULTI/EXEC state).
+    async with redis.auth.pipeline(transaction=True) as pipe:
+        pipe.hincrby("h", "n", 1).hgetall("h")
+        assert await pipe.execute() == [1, {b"a": b"1", b"n": b"1"}]
+
+
+async def test_an_error_reply_reaches_only_its_caller(redis: RedisConnections) -> None:
+    echo = await redis.auth.script_load(ECHO)
+    results = await asyncio.gather(
+        redis.auth.evalsha(echo, 0, "before"),
+        redis.auth.evalsha("0" * 40, 0),
+        redis.auth.evalsha(echo, 0, "after"),
+        return_exceptions=True,
+    )
+    assert results[0] == b"before"
+    assert results[2] == b"after"
+    assert isinstance(results[1], NoScriptError)
+    async with redis.auth.pipeline(transaction=False) as pipe:
+        pipe.evalsha(echo, 0, "one").evalsha("0" * 40, 0).evalsha(echo, 0, "three")
+        replies = await pipe.execute(raise_on_error=False)
+    assert replies[0] == b"one"
+    assert replies[2] == b"three"
+    assert isinstance(replies[1], ResponseError)
+
+
+async def test_a_caller_that_gives_up_leaves_the_connection_in_step(
+    redis: RedisConnections,
+) -> None:
+    busy = await redis.auth.script_load(BUSY)
+    echo = await redis.auth.script_load(ECHO)
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(redis.auth.evalsha(busy, 0, 200, "late"), 0.05)
+    connection = shared_of(redis)._replies
+    # Its reply arrives later and is dropped: the next callers get their own.
+    assert await redis.auth.evalsha(echo, 0, "next") == b"next"
+    assert await asyncio.gather(*(redis.auth.evalsha(echo, 0, n) for n in range(20))) == [
+        str(n).encode() for n in range(20)
+    ]
+    assert shared_of(redis)._replies is connection  # the same connection throughout
+
+
+async def test_a_lost_connection_fails_its_callers_over_to_a_new_one(
+    redis: RedisConnections,
+) -> None:
+    echo = await redis.auth.script_load(ECHO)
+    assert await redis.auth.evalsha(echo, 0, "warm") == b"warm"
+    first = shared_of(redis)._replies
+    assert first is not None
+    calls = [asyncio.ensure_future(redis.auth.evalsha(echo, 0, n)) for n in range(30)]
+    await asyncio.sleep(0)  # every call has written its command; no reply is read yet
+    assert len(first.waiting) == 30
+    first.transport.abort()  # what a reset by the peer does
+    # Each caller's retry policy sends it again, all on one new connection.
+    assert await asyncio.gather(*calls) == [str(n).encode() for n in range(30)]
+    second = shared_of(redis)._replies
+    assert second is not None
+    assert second is not first
+    assert second.open
+    assert not first.open
+
+
+async def test_a_stalled_redis_is_found_by_the_socket_timeout_and_ridden_out(
+    redis: RedisConnections, valkey: RedisProcess
+) -> None:
+    echo = await redis.auth.script_load(ECHO)
+    assert await redis.auth.evalsha(echo, 0, "warm") == b"warm"
+    first = shared_of(redis)._replies
+    assert first is not None
+    assert valkey.pid is not None
+    os.kill(valkey.pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        call = asyncio.ensure_future(redis.auth.evalsha(echo, 0, "stalled"))
+        while first.open:
+            await asyncio.sleep(0.01)
+            assert time.monotonic() - started < 5, "the stall was never detected"
+        found_after = time.monotonic() - started
+    finally:
+        os.kill(valkey.pid, signal.SIGCONT)
+    # One to two socket timeouts (0.5 s): never before the first has passed.
+    assert 0.5 <= found_after < 1.5
+    assert await call == b"stalled"  # retried on a new connection once Redis answers
+    assert shared_of(redis)._replies is not first
+
+
+async def test_a_new_master_retires_the_connection_after_its_replies(
+    redis: RedisConnections,
+) -> None:
+    busy = await redis.auth.script_load(BUSY)
+    echo = await redis.auth.script_load(ECHO)
+    assert await redis.auth.evalsha(echo, 0, "warm") == b"warm"
+    first = shared_of(redis)._replies
+    in_flight = asyncio.ensure_future(redis.auth.evalsha(busy, 0, 100, "finished"))
+    await asyncio.sleep(0.02)
+    # What a Sentinel pool does when the master moves, and what a reset does.
+    await redis.auth.connection_pool.disconnect(inuse_connections=False)
+    assert await redis.auth.evalsha(echo, 0, "new") == b"new"
+    assert shared_of(redis)._replies is not first
+    assert await in_flight == b"finished"  # the retired connection delivered it
+    assert first is not None
+    assert not first.open
+
+
+async def test_switched_off_every_command_takes_a_pooled_connection(
+    valkey: RedisProcess,
+) -> None:
+    async with open_redis(RedisSettings(url=valkey.url, shared_connection=False)) as redis:
+        pool = redis.auth.connection_pool
+        assert isinstance(pool, LeanPoolMixin)
+        assert pool.shared is None
+        echo = await redis.auth.script_load(ECHO)
+        results = await asyncio.gather(*(redis.auth.evalsha(echo, 0, n) for n in range(20)))
+        assert results == [str(n).encode() for n in range(20)]
+
+
+async def test_resp3_connections_are_not_shared(valkey: RedisProcess) -> None:
+    async with open_redis(RedisSettings(url=f"{valkey.url}?protocol=3")) as redis:
+        pool = redis.auth.connection_pool
+        assert isinstance(pool, LeanPoolMixin)
+        assert pool.shared is None
+        assert await redis.auth.ping()
