@@ -130,11 +130,13 @@ async def _settled_heap() -> int:
 
 
 def _connections(app: Application) -> int:
-    """Connection objects the Redis pools hold (idle or in use)."""
+    """Connection objects the Redis clients hold: the pools' (idle or in use) and the
+    shared connection of each pool, when open."""
     total = 0
     for client in (app.redis.auth, app.redis.cache):
         pool: Any = client.connection_pool
         total += len(pool._available_connections) + len(pool._in_use_connections)
+        total += int(pool.shared is not None and pool.shared.connected)
     return total
 
 
