@@ -11,15 +11,16 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import ConnectionError, NoScriptError, ResponseError
 
 from tests.harness.redis_servers import RedisProcess
 from tokenservice_server.config import RedisSettings
 from tokenservice_server.storage import RedisConnections, open_redis
-from tokenservice_server.storage.lean import LeanPoolMixin
+from tokenservice_server.storage.lean import LeanConnection, LeanPoolMixin
+from tokenservice_server.storage.retry import default_retry
 from tokenservice_server.storage.shared_connection import SharedConnection
 
 #: A script that echoes its argument, and one that keeps Redis busy for roughly ARGV[1] ms
@@ -201,3 +202,31 @@ async def test_resp3_connections_are_not_shared(valkey: RedisProcess) -> None:
         assert isinstance(pool, LeanPoolMixin)
         assert pool.shared is None
         assert await redis.auth.ping()
+
+
+async def test_readonly_from_a_demoted_master_retires_the_connection(
+    redis_server_factory: Callable[..., RedisProcess],
+) -> None:
+    """On a Sentinel master pool, READONLY means the node was demoted: the command fails
+    with a ConnectionError (retried by the policy on a new connection, to the master
+    Sentinel names) and nothing more is sent on this one."""
+    master = redis_server_factory()
+    replica = redis_server_factory(extra_config=[f"replicaof {master.host} {master.port}"])
+    shared = SharedConnection(
+        lambda: LeanConnection(host=replica.host, port=replica.port),
+        retry=default_retry(),
+        socket_timeout=1.0,
+        follows_master=True,
+    )
+    try:
+        assert await shared.execute(("GET", "k")) is None  # reads are fine on a replica
+        first = shared._replies
+        with pytest.raises(ConnectionError, match="now a slave"):
+            await shared.execute(("EVAL", "return redis.call('SET', 'k', 'v')", 0))
+        assert first is not None
+        assert first.retired
+        assert not first.open  # nothing else was in flight: closed at once
+        assert await shared.execute(("GET", "k")) is None  # a new connection
+        assert shared._replies is not first
+    finally:
+        shared.close()

@@ -59,7 +59,7 @@ from redis.exceptions import (
 )
 from redis.retry import Retry
 
-__all__ = ["SHARED_COMMANDS", "SharedConnection", "shareable"]
+__all__ = ["SHARED_COMMANDS", "SharedConnection"]
 
 #: Commands that may share a connection: none blocks it or changes its state.
 SHARED_COMMANDS: Final = frozenset(
@@ -78,11 +78,6 @@ SHARED_COMMANDS: Final = frozenset(
         "ZSCORE",
     }
 )
-
-
-def shareable(commands: Iterable[Sequence[Any]]) -> bool:
-    """True when every command (its args, name first) may go on the shared connection."""
-    return all(args and args[0] in SHARED_COMMANDS for args in commands)
 
 
 class _Batch:
