@@ -12,12 +12,15 @@ import os
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
+import uvloop
 from redis.exceptions import ConnectionError, NoScriptError, ResponseError
 
 from tests.harness.redis_servers import RedisProcess
-from tokenservice_server.config import RedisSettings
+from tests.harness.tls import TlsMaterial
+from tokenservice_server.config import RedisSettings, TlsClientSettings
 from tokenservice_server.storage import RedisConnections, open_redis
 from tokenservice_server.storage.lean import LeanConnection, LeanPoolMixin
 from tokenservice_server.storage.retry import default_retry
@@ -230,3 +233,38 @@ async def test_readonly_from_a_demoted_master_retires_the_connection(
         assert shared._replies is not first
     finally:
         shared.close()
+
+
+async def _share_under_uvloop(settings: RedisSettings) -> list[Any]:
+    """50 concurrent callers on the shared connection, on uvloop (what ``serve`` runs),
+    in a thread of its own: its transports (TCP, TLS, unix) are uvloop's, not asyncio's."""
+
+    async def callers() -> list[Any]:
+        async with open_redis(settings) as redis:
+            echo = await redis.auth.script_load(ECHO)
+            results = await asyncio.gather(*(redis.auth.evalsha(echo, 0, n) for n in range(50)))
+            assert shared_of(redis).connected
+            return list(results)
+
+    return await asyncio.to_thread(uvloop.run, callers())
+
+
+async def test_uvloop_transports_over_tcp_and_unix(
+    redis_server_factory: Callable[..., RedisProcess],
+) -> None:
+    server = redis_server_factory(unix_socket=True)
+    expected = [str(n).encode() for n in range(50)]
+    assert await _share_under_uvloop(RedisSettings(url=server.url)) == expected
+    assert await _share_under_uvloop(RedisSettings(url=server.unix_url)) == expected
+
+
+async def test_uvloop_transport_over_tls(
+    tls_redis: RedisProcess, tls_material: TlsMaterial
+) -> None:
+    tls = TlsClientSettings(
+        ca_file=tls_material.ca_cert,
+        cert_file=tls_material.client_cert,
+        key_file=tls_material.client_key,
+    )
+    results = await _share_under_uvloop(RedisSettings(url=tls_redis.url, tls=tls))
+    assert results == [str(n).encode() for n in range(50)]
