@@ -212,10 +212,6 @@ class AccessChecker:
         token = _bearer(request.authorization)
         if token is None:
             return self._deny(Outcome.MISSING_CREDENTIALS, None)
-        if not is_well_formed(token, CredentialKind.ACCESS_TOKEN):
-            return self._deny(
-                Outcome.INVALID_TOKEN, BearerError.INVALID_TOKEN, "the access token is malformed"
-            )
         route = request.route
         ip = client_ip(
             request.source_address,
@@ -225,10 +221,18 @@ class AccessChecker:
         hashed = digest(token)
         record = None
         if self._cache is not None and self._uncounted(ip, route):
+            # A hit is a token this service issued (its SHA-256 is a cached live token's),
+            # so well-formed by construction: the checksum is verified on misses only.
             cached = self._cache.get(hashed)
             if cached is not None and cached.client_rate_limit <= 0:
                 record, admission = cached.record, ADMITTED
         if record is None:
+            if not is_well_formed(token, CredentialKind.ACCESS_TOKEN):
+                return self._deny(
+                    Outcome.INVALID_TOKEN,
+                    BearerError.INVALID_TOKEN,
+                    "the access token is malformed",
+                )
             # The store caches what it finds live (with the client's own limit).
             record, admission = await self._store.resolve_and_admit(
                 hashed, client_ip=ip, route_key=route.rate_limit_key, policy=self._policy

@@ -130,9 +130,12 @@ class AuthorizationServicer:
         self._results[decision.outcome].inc()
         if decision.limited_by:
             self._metrics.rate_limited.labels(bucket=decision.limited_by).inc()
-        structlog.contextvars.bind_contextvars(check_result=decision.outcome.value)
         if decision.caller is not None:
-            structlog.contextvars.bind_contextvars(client_id=decision.caller.client_id)
+            structlog.contextvars.bind_contextvars(
+                check_result=decision.outcome.value, client_id=decision.caller.client_id
+            )
+        else:
+            structlog.contextvars.bind_contextvars(check_result=decision.outcome.value)
         return self._response(decision)
 
     def _response(self, decision: AccessDecision) -> external_auth_pb2.CheckResponse:
