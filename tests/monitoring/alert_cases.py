@@ -27,6 +27,7 @@ class AlertCase:
 _TS = 'grpc_service="tokenservice.v1.TokenService",grpc_method="IssueToken",grpc_type="unary"'
 _CHECK = 'grpc_service="envoy.service.auth.v3.Authorization",grpc_method="Check",grpc_type="unary"'
 _POD = 'job="tokenservice",instance="10.0.0.1:9464",pod="tokenservice-a"'
+_POD_LABELS = {"job": "tokenservice", "instance": "10.0.0.1:9464", "pod": "tokenservice-a"}
 _REDIS = 'job="ts/redis",namespace="ts",pod="redis-0",instance="10.0.1.1:9121"'
 _REDIS_LABELS = {
     "job": "ts/redis",
@@ -53,7 +54,7 @@ CASES: list[AlertCase] = [
         "TokenServiceDown",
         firing={f"up{{{_POD}}}": "0x30"},
         healthy={f"up{{{_POD}}}": "1x30"},
-        labels={"job": "tokenservice", "instance": "10.0.0.1:9464", "pod": "tokenservice-a"},
+        labels=_POD_LABELS,
         at="10m",
     ),
     AlertCase(
@@ -192,7 +193,7 @@ CASES: list[AlertCase] = [
         "TokenServiceRedisDown",
         firing={f"tokenservice_redis_up{{{_POD}}}": "0x10"},
         healthy={f"tokenservice_redis_up{{{_POD}}}": "1x10"},
-        labels={"job": "tokenservice", "instance": "10.0.0.1:9464", "pod": "tokenservice-a"},
+        labels=_POD_LABELS,
         at="5m",
     ),
     AlertCase(
@@ -250,7 +251,7 @@ CASES: list[AlertCase] = [
         "TokenServiceTokenCacheBypassed",
         firing={f"tokenservice_token_cache_invalidation_up{{{_POD}}}": "1x5 0x10"},
         healthy={f"tokenservice_token_cache_invalidation_up{{{_POD}}}": "1x5 0x1 1x10"},
-        labels={"job": "tokenservice", "instance": "10.0.0.1:9464", "pod": "tokenservice-a"},
+        labels=_POD_LABELS,
         at="10m",
     ),
     AlertCase(

@@ -53,6 +53,7 @@ __all__ = [
     "AccessRequest",
     "Outcome",
     "RouteRequirements",
+    "canonical_ip",
     "client_ip",
     "route_requirements",
 ]
@@ -143,7 +144,8 @@ def _route(required_scopes: str, audience: str, key: str) -> RouteRequirements:
 
 
 @functools.lru_cache(maxsize=4096)
-def _ip(text: str) -> str:
+def canonical_ip(text: str) -> str:
+    """``text`` as a canonical IP address, '' if it is none."""
     # Parsing costs ~6 microseconds and the same addresses repeat (Envoy's peers, the
     # clients behind it); the cache is bounded, so a flood of distinct ones only misses.
     try:
@@ -160,10 +162,10 @@ def client_ip(source_address: str, forwarded_for: str, *, trust_forwarded_for: b
     used only when ``trust_forwarded_for`` says the deployment has such a proxy.
     """
     if trust_forwarded_for and forwarded_for:
-        first = _ip(forwarded_for.split(",", 1)[0])
+        first = canonical_ip(forwarded_for.split(",", 1)[0])
         if first:
             return first
-    return _ip(source_address)
+    return canonical_ip(source_address)
 
 
 def _bearer(authorization: str | None) -> str | None:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from tokenservice_server.domain.tokens import TokenRecord
 
-__all__ = ["CachedToken", "TokenCache", "attribute_keys"]
+__all__ = ["CachedToken", "TokenCache", "attribute_keys", "family_key", "token_key"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,11 +38,21 @@ class CachedToken:
     stored_at: float
 
 
+def token_key(digest: str) -> str:
+    """The invalidation key of one access token."""
+    return f"t:{digest}"
+
+
+def family_key(family_id: str) -> str:
+    """The invalidation key of a grant family's tokens."""
+    return f"f:{family_id}"
+
+
 def attribute_keys(record: TokenRecord) -> list[str]:
     """The invalidation keys that name this token (see the module docstring)."""
-    found = [f"t:{record.digest}", f"c:{record.client_id}"]
+    found = [token_key(record.digest), f"c:{record.client_id}"]
     if record.family_id:
-        found.append(f"f:{record.family_id}")
+        found.append(family_key(record.family_id))
     if record.subject:
         found.append(f"u:{record.subject}")
     if record.session_id:

@@ -143,13 +143,15 @@ async def connect_redis(settings: RedisSettings, *, log: Any = None) -> RedisCon
     """
     log = log if log is not None else structlog.get_logger(__name__)
     topology = settings.topology
+    # One outage for both pools: the health probe reports it, every retry policy reads it.
+    outage = Outage(settings.fail_fast_after)
     if topology is RedisTopology.SENTINEL:
-        connections = _sentinel_connections(settings)
+        connections = _sentinel_connections(settings, outage)
     elif topology is RedisTopology.STANDALONE:
         assert settings.url is not None
-        connections = _standalone_connections(settings, settings.url, log)
+        connections = _standalone_connections(settings, settings.url, outage, log)
     else:
-        connections = await _embedded_connections(settings, log)
+        connections = await _embedded_connections(settings, outage, log)
     shared = settings.shared_connection and all(
         [
             isinstance(pool, LeanPoolMixin) and pool.share_connection()
@@ -171,7 +173,9 @@ async def connect_redis(settings: RedisSettings, *, log: Any = None) -> RedisCon
 # -- topologies ---------------------------------------------------------------------------
 
 
-async def _embedded_connections(settings: RedisSettings, log: Any) -> RedisConnections:
+async def _embedded_connections(
+    settings: RedisSettings, outage: Outage, log: Any
+) -> RedisConnections:
     # Loopback only and no credentials: a development server (SPEC section 5).
     server = EmbeddedValkey(settings.data_dir, port=settings.embedded_port)
     await server.astart()
@@ -182,7 +186,6 @@ async def _embedded_connections(settings: RedisSettings, log: Any) -> RedisConne
         log_file=str(server.log_path),
     )
     try:
-        outage = Outage(settings.fail_fast_after)
         common = _common_kwargs(settings, outage)
         common.update(host=server.host, port=server.port)
         auth = _client_for(LeanConnection, common, db=settings.auth_db)
@@ -200,7 +203,9 @@ async def _embedded_connections(settings: RedisSettings, log: Any) -> RedisConne
     )
 
 
-def _standalone_connections(settings: RedisSettings, url: str, log: Any) -> RedisConnections:
+def _standalone_connections(
+    settings: RedisSettings, url: str, outage: Outage, log: Any
+) -> RedisConnections:
     from_url: dict[str, Any] = dict(parse_url(url))
     scheme = url.split("://", 1)[0]
     url_db = from_url.pop("db", None)
@@ -212,7 +217,6 @@ def _standalone_connections(settings: RedisSettings, url: str, log: Any) -> Redi
             cache_db=settings.cache_db,
         )
     from_url.pop("connection_class", None)
-    outage = Outage(settings.fail_fast_after)
     common = _common_kwargs(settings, outage)
     if scheme == "unix":
         if settings.tls.enabled:
@@ -246,7 +250,7 @@ def _standalone_connections(settings: RedisSettings, url: str, log: Any) -> Redi
     )
 
 
-def _sentinel_connections(settings: RedisSettings) -> RedisConnections:
+def _sentinel_connections(settings: RedisSettings, outage: Outage) -> RedisConnections:
     addresses = [parse_host_port(address) for address in settings.sentinels]
     sentinel_kwargs: dict[str, Any] = {
         "socket_timeout": settings.socket_timeout,
@@ -260,7 +264,6 @@ def _sentinel_connections(settings: RedisSettings) -> RedisConnections:
     if settings.sentinel_password is not None:
         sentinel_kwargs["password"] = settings.sentinel_password.get_secret_value()
     connection_class: type[FailoverAwareConnection] = FailoverAwareConnection
-    outage = Outage(settings.fail_fast_after)
     common = _common_kwargs(settings, outage)
     if settings.tls.enabled:
         ssl_kwargs = _ssl_kwargs(settings)

@@ -7,7 +7,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from tokenservice_server.domain.rate_limiting import TokenRequestLimits
-from tokenservice_server.domain.token_cache import TokenCache
+from tokenservice_server.domain.token_cache import TokenCache, family_key
 from tokenservice_server.domain.tokens import AuthorizationCode, GrantResult
 from tokenservice_server.storage import keys
 from tokenservice_server.storage.scripts import ScriptRegistry
@@ -38,7 +38,7 @@ class RedisGrantStore:
 
     def _forget_family(self, result: GrantResult, *, revoked: bool) -> GrantResult:
         if revoked and result.family_id and self.token_cache is not None:
-            self.token_cache.invalidate([f"f:{result.family_id}"])
+            self.token_cache.invalidate([family_key(result.family_id)])
         return result
 
     async def store_code(

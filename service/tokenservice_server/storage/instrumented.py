@@ -94,7 +94,7 @@ class InstrumentedRedis(Redis):
             return await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
         pool = self.connection_pool
         shared: SharedConnection | None = getattr(pool, "shared", None)
-        if shared is not None and args[0] in SHARED_COMMANDS and NEVER_DECODE not in options:
+        if shared is not None and _shareable(args, options):
             return await shared.retry.call_with_retry(
                 lambda: self._shared_call(shared, args, options), _nothing_to_close
             )
@@ -135,11 +135,16 @@ class InstrumentedRedis(Redis):
         return pipe
 
 
+def _shareable(args: tuple[Any, ...], options: Mapping[str, Any]) -> bool:
+    """A command the shared connection may carry (the reply decoded as usual)."""
+    return bool(args) and args[0] in SHARED_COMMANDS and NEVER_DECODE not in options
+
+
 async def _parsed(client: Redis, name: Any, reply: Any, options: Mapping[str, Any]) -> Any:
-    options = {k: v for k, v in options.items() if k not in (EMPTY_RESPONSE, "keys")}
     callback = client.response_callbacks.get(name)
     if callback is None:
         return reply
+    options = {k: v for k, v in options.items() if k not in (EMPTY_RESPONSE, "keys")}
     result = callback(reply, **options)
     return await result if inspect.isawaitable(result) else result
 
@@ -182,10 +187,7 @@ class InstrumentedPipeline(Pipeline):
             or self.watching
             or self.scripts
             or self.connection is not None
-            or not all(
-                args and args[0] in SHARED_COMMANDS and NEVER_DECODE not in options
-                for args, options in stack
-            )
+            or not all(_shareable(args, options) for args, options in stack)
         ):
             return await super().execute(raise_on_error)
         try:

@@ -197,6 +197,12 @@ class _Replies(asyncio.Protocol):
         if self.retired and not self.waiting:
             self.close()
 
+    def retire(self) -> None:
+        """Nothing more is sent here; closed once the replies in flight are in."""
+        self.retired = True
+        if not self.waiting:
+            self.close()
+
     def fail(self, error: Exception) -> None:
         """Fail every command in flight and close the connection."""
         self.open = False
@@ -263,11 +269,15 @@ class SharedConnection:
 
     # -- sending -----------------------------------------------------------------------
 
-    async def execute(self, args: Sequence[Any]) -> Any:
-        """Send one command, return its reply (an error reply is raised)."""
+    def _usable(self) -> _Replies | None:
         replies = self._replies
         if replies is None or not replies.open or replies.retired:
-            replies = await self._connection()
+            return None
+        return replies
+
+    async def execute(self, args: Sequence[Any]) -> Any:
+        """Send one command, return its reply (an error reply is raised)."""
+        replies = self._usable() or await self._connection()
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         replies.send(replies.connection.pack_command(*args), future, 1)
         return await future
@@ -275,9 +285,7 @@ class SharedConnection:
     async def execute_many(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
         """Send several commands in one write; their replies in order (error replies as
         exception objects, as redis-py's pipelines collect them)."""
-        replies = self._replies
-        if replies is None or not replies.open or replies.retired:
-            replies = await self._connection()
+        replies = self._usable() or await self._connection()
         future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
         packed = replies.connection.pack_commands(commands)
         replies.send(packed, _Batch(future, len(commands)), len(commands))
@@ -299,9 +307,10 @@ class SharedConnection:
             connecting.exception()  # retrieved: the waiting callers raise it themselves
 
     async def _connect(self) -> _Replies:
+        usable = self._usable()
+        if usable is not None:
+            return usable
         previous = self._replies
-        if previous is not None and previous.open and not previous.retired:
-            return previous
         connection = self._make()
         try:
             await connection.connect()  # type: ignore[no-untyped-call]
@@ -318,20 +327,15 @@ class SharedConnection:
         )
         replies.transport.set_protocol(replies)
         if previous is not None and previous.open:
-            previous.retired = True
-            if not previous.waiting:
-                previous.close()
+            previous.retire()
         self._replies = replies
         return replies
 
     def retire(self) -> None:
         """New commands go to a new connection; this one closes once its replies are in."""
         replies = self._replies
-        if replies is None or not replies.open:
-            return
-        replies.retired = True
-        if not replies.waiting:
-            replies.close()
+        if replies is not None and replies.open:
+            replies.retire()
 
     def close(self) -> None:
         """Close now; commands in flight fail with ``ConnectionError``."""

@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 
 from tokenservice_server.domain.audit import AuditInStep
 from tokenservice_server.domain.rate_limiting import Admission, TokenRequestLimits
-from tokenservice_server.domain.token_cache import TokenCache
+from tokenservice_server.domain.token_cache import TokenCache, family_key, token_key
 from tokenservice_server.domain.tokens import TokenKind, TokenRecord, derived_jti
 from tokenservice_server.storage import keys
 from tokenservice_server.storage.audit_store import audit_in_step_args
@@ -151,7 +151,9 @@ class RedisTokenStore:
         if self.token_cache is not None:
             # At once on this replica; the others hear it from the script's publication.
             family = family.decode() if isinstance(family, bytes) else str(family)
-            self.token_cache.invalidate([f"t:{digest}"] + ([f"f:{family}"] if family else []))
+            self.token_cache.invalidate(
+                [token_key(digest)] + ([family_key(family)] if family else [])
+            )
         return int(revoked)
 
     async def revoke_index(self, index_key: str, audit: AuditInStep | None = None) -> int:
