@@ -10,6 +10,7 @@ from __future__ import annotations
 import socket
 import threading
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import (
@@ -24,7 +25,9 @@ from prometheus_client.exposition import ThreadingWSGIServer
 
 from tokenservice_server import __version__
 
-__all__ = ["MetricsServer", "ServerMetrics"]
+__all__ = ["ChildCache", "MetricsServer", "ServerMetrics"]
+
+_Child = TypeVar("_Child", Counter, Gauge, Histogram)
 
 # `*_created` series double the exposition size and no dashboard of ours reads them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -167,6 +170,22 @@ class ServerMetrics:
             registry=self.registry,
         )
         self.build_info.labels(version=__version__).set(1)
+
+
+class ChildCache(Generic[_Child]):
+    """A metric's children by label values (in label order), each looked up once:
+    ``labels()`` takes a lock and builds its key on every call, which showed on the hot
+    paths (docs/performance.md). It holds the children the metric holds anyway."""
+
+    def __init__(self, metric: _Child) -> None:
+        self._metric: _Child = metric
+        self._children: dict[tuple[str, ...], _Child] = {}
+
+    def __call__(self, *values: str) -> _Child:
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self._metric.labels(*values)
+        return child
 
 
 class _QuietHandler(WSGIRequestHandler):

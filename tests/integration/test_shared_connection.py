@@ -26,8 +26,10 @@ from tokenservice_server.storage.lean import LeanConnection, LeanPoolMixin
 from tokenservice_server.storage.retry import default_retry
 from tokenservice_server.storage.shared_connection import SharedConnection
 
-#: A script that echoes its argument, and one that keeps Redis busy for roughly ARGV[1] ms
-#: (a counting loop: Redis freezes TIME while a script runs).
+#: A script that echoes its argument, and one that keeps Redis busy for ARGV[1] units of
+#: 200,000 loop steps (a counting loop: Redis freezes TIME while a script runs). A unit is
+#: 1-3 ms by machine (2.8 on a slow one), so callers here stay at 100 units or fewer:
+#: longer than the 50 ms a caller gives up after, shorter than the 0.5 s socket timeout.
 ECHO = "return ARGV[1]"
 BUSY = """
 local x = 0
@@ -115,7 +117,7 @@ async def test_a_caller_that_gives_up_leaves_the_connection_in_step(
     busy = await redis.auth.script_load(BUSY)
     echo = await redis.auth.script_load(ECHO)
     with pytest.raises(asyncio.TimeoutError):
-        await asyncio.wait_for(redis.auth.evalsha(busy, 0, 200, "late"), 0.05)
+        await asyncio.wait_for(redis.auth.evalsha(busy, 0, 100, "late"), 0.05)
     connection = shared_of(redis)._replies
     # Its reply arrives later and is dropped: the next callers get their own.
     assert await redis.auth.evalsha(echo, 0, "next") == b"next"
@@ -199,12 +201,25 @@ async def test_switched_off_every_command_takes_a_pooled_connection(
         assert results == [str(n).encode() for n in range(20)]
 
 
-async def test_resp3_connections_are_not_shared(valkey: RedisProcess) -> None:
+async def test_resp3_push_messages_are_never_taken_for_replies(valkey: RedisProcess) -> None:
+    """redis-py 8 speaks RESP3 by default: a push the server sends between replies (here a
+    client-tracking invalidation, switched on by hand on the shared connection) must be
+    dropped, or every caller after it would get the previous caller's reply."""
     async with open_redis(RedisSettings(url=f"{valkey.url}?protocol=3")) as redis:
-        pool = redis.auth.connection_pool
-        assert isinstance(pool, LeanPoolMixin)
-        assert pool.shared is None
-        assert await redis.auth.ping()
+        shared = shared_of(redis)
+        assert await shared.execute(("CLIENT", "TRACKING", "ON")) in (b"OK", "OK")
+        await redis.auth.set("tracked", "v0")
+        assert await shared.call(("GET", "tracked")) == b"v0"  # now tracked
+        with valkey.client() as other:
+            other.set("tracked", "v1")  # the server pushes an invalidation to the shared one
+        for _ in range(3):
+            values = await asyncio.gather(*(shared.call(("GET", "tracked")) for _ in range(10)))
+            assert values == [b"v1"] * 10
+            with valkey.client() as other:
+                other.set("tracked", "v1")
+        echo = await redis.auth.script_load(ECHO)
+        results = await asyncio.gather(*(redis.auth.evalsha(echo, 0, n) for n in range(50)))
+        assert results == [str(n).encode() for n in range(50)]
 
 
 async def test_readonly_from_a_demoted_master_retires_the_connection(

@@ -43,6 +43,7 @@ from tokenservice_server.domain.rate_limiting import ADMITTED, RateLimitPolicy
 from tokenservice_server.domain.stats_buffer import StatsBuffer
 from tokenservice_server.domain.token_cache import TokenCache
 from tokenservice_server.domain.tokens import Caller
+from tokenservice_server.domain.value_object import value_object
 
 if TYPE_CHECKING:
     from tokenservice_server.domain.ports import AccessCheckStore
@@ -85,7 +86,7 @@ class RouteRequirements:
     rate_limit_key: str = ""  # counts the route's requests per client in its own bucket
 
 
-@dataclass(frozen=True)
+@value_object
 class AccessRequest:
     """The parts of an HTTP request that Check reads."""
 
@@ -95,7 +96,7 @@ class AccessRequest:
     route: RouteRequirements = RouteRequirements()
 
 
-@dataclass(frozen=True)
+@value_object
 class AccessDecision:
     outcome: Outcome
     http_status: int = 200

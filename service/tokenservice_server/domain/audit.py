@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from tokenservice_server.domain.value_object import value_object
 from tokenservice_server.logging import get_logger
 
 __all__ = ["AuditEvent", "AuditInStep", "AuditSink", "AuditTrail"]
@@ -20,7 +21,7 @@ __all__ = ["AuditEvent", "AuditInStep", "AuditSink", "AuditTrail"]
 _log = get_logger("tokenservice.audit")
 
 
-@dataclass(frozen=True)
+@value_object
 class AuditEvent:
     action: str  # e.g. "client.create", "tokens.revoke", "session.end"
     target: str  # e.g. "client:web", "subject:alice", "session:s-1"

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol
 
@@ -34,6 +33,7 @@ from tokenservice_server.domain.cache_policy import (
 )
 from tokenservice_server.domain.errors import InvalidRequest, NamespaceFull
 from tokenservice_server.domain.tokens import Caller
+from tokenservice_server.domain.value_object import value_object
 
 __all__ = [
     "CacheService",
@@ -57,7 +57,7 @@ class LeaseStatus(Enum):
     HELD_ELSEWHERE = 2  # another caller holds it
 
 
-@dataclass(frozen=True)
+@value_object
 class Lookup:
     key: str
     found: bool
@@ -65,7 +65,7 @@ class Lookup:
     remaining_ttl: int = 0  # seconds, rounded up; 0 when not found
 
 
-@dataclass(frozen=True)
+@value_object
 class EntryWrite:
     """A value to write as the caller gave it (``ttl`` None: the request's default)."""
 
@@ -74,7 +74,7 @@ class EntryWrite:
     ttl: int | None = None
 
 
-@dataclass(frozen=True)
+@value_object
 class Entry:
     """A validated value to write, with its lifetime in seconds."""
 
@@ -83,27 +83,27 @@ class Entry:
     ttl: int
 
 
-@dataclass(frozen=True)
+@value_object
 class Lease:
     token: str
     ttl: int  # seconds
 
 
-@dataclass(frozen=True)
+@value_object
 class Read:
     lookup: Lookup
     lease_status: LeaseStatus = LeaseStatus.NONE
     lease_token: str = ""
 
 
-@dataclass(frozen=True)
+@value_object
 class StoredWrite:
     accepted: bool  # False: more distinct keys than the namespace may hold; nothing written
     evicted: int
     max_entries: int  # the cap in force for the namespace
 
 
-@dataclass(frozen=True)
+@value_object
 class NamespaceStats:
     hits: int
     misses: int

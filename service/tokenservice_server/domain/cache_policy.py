@@ -9,6 +9,7 @@ with the field and the limit named in the error.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -61,9 +62,16 @@ def validate_namespace(namespace: str) -> str:
 def authorize(caller: Caller, namespace: str, *needed: Access) -> None:
     """Raise PermissionDenied unless ``caller`` holds every ``needed`` access to ``namespace``."""
     for access in needed:
-        scope = f"cache:{namespace}:{access}"
-        if not (caller.has_scope(scope) or caller.has_scope(f"cache:*:{access}")):
+        scope, any_namespace = _scopes_for(namespace, access)
+        if not (caller.has_scope(scope) or caller.has_scope(any_namespace)):
             raise PermissionDenied(f"this call needs scope {scope}", field="namespace")
+
+
+@functools.lru_cache(maxsize=1024)
+def _scopes_for(namespace: str, access: Access) -> tuple[str, str]:
+    """The scopes granting ``access`` to ``namespace``: its own, and the any-namespace
+    one (formatted once per namespace: every cache RPC asks)."""
+    return f"cache:{namespace}:{access}", f"cache:*:{access}"
 
 
 def validate_key(key: str, limits: CacheLimits, *, field: str = "key") -> str:

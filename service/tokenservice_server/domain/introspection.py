@@ -15,7 +15,6 @@ round trip. Introspections are counted in the stats buffer (flushed to ``auth_st
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from tokenservice_server.domain import scopes
 from tokenservice_server.domain.authentication import bearer_token
@@ -24,6 +23,7 @@ from tokenservice_server.domain.errors import InvalidRequest, InvalidToken
 from tokenservice_server.domain.stats_buffer import StatsBuffer
 from tokenservice_server.domain.token_lookup import TokenLookup
 from tokenservice_server.domain.tokens import TokenKind, TokenRecord
+from tokenservice_server.domain.value_object import value_object
 
 __all__ = ["Introspection", "Introspector", "token_kind"]
 
@@ -39,7 +39,7 @@ def token_kind(token: str) -> TokenKind | None:
     return None
 
 
-@dataclass(frozen=True)
+@value_object
 class Introspection:
     active: bool
     record: TokenRecord | None = None

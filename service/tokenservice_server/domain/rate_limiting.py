@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from tokenservice_server.domain.clients import CLIENT_ID_PATTERN
 from tokenservice_server.domain.errors import RateLimited
 from tokenservice_server.domain.tokens import GrantResult
+from tokenservice_server.domain.value_object import value_object
 
 if TYPE_CHECKING:
     from tokenservice_server.domain.ports import RateLimitStore
@@ -57,7 +58,7 @@ class RateLimitPolicy:
         return self.period * 1000
 
 
-@dataclass(frozen=True)
+@value_object
 class Admission:
     """Whether one request was admitted; when not, which bucket refused and for how long."""
 
@@ -69,7 +70,7 @@ class Admission:
 ADMITTED = Admission(allowed=True)
 
 
-@dataclass(frozen=True)
+@value_object
 class TokenRequestLimits:
     """The buckets one token request is counted in, handed to the grant's storage step so
     that counting and issuing are one Redis round trip."""

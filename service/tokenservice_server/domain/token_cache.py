@@ -24,14 +24,14 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 
 from tokenservice_server.domain.tokens import TokenRecord
+from tokenservice_server.domain.value_object import value_object
 
 __all__ = ["CachedToken", "TokenCache", "attribute_keys", "family_key", "token_key"]
 
 
-@dataclass(frozen=True, slots=True)
+@value_object
 class CachedToken:
     record: TokenRecord
     client_rate_limit: float  # the client's own Check limit (0: none), from the lookup

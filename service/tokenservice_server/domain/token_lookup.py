@@ -23,6 +23,13 @@ class TokenLookup:
         self._tokens = tokens
         self._cache = cache
 
+    def cached(self, digest: str) -> TokenRecord | None:
+        """The hot-token cache's record of a live access token, None on a miss (the
+        caller then looks it up with :meth:`find`)."""
+        cache = self._cache
+        hit = cache.get(digest) if cache is not None else None
+        return hit.record if hit is not None else None
+
     async def find(self, wanted: list[tuple[TokenKind, str]]) -> list[TokenRecord | None]:
         """The live, unrevoked record of each (kind, digest), in order; None if unknown."""
         found: list[TokenRecord | None] = [None] * len(wanted)

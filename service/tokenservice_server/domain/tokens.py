@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
-from dataclasses import dataclass
 from enum import StrEnum
+
+from tokenservice_server.domain.value_object import value_object
 
 __all__ = [
     "AccessTokenRecord",
@@ -18,9 +20,11 @@ __all__ = [
 ]
 
 
+@functools.lru_cache(maxsize=4096)
 def derived_jti(digest: str) -> str:
     """The JWT ID of a token (RFC 7662 ``jti``): 16 hex characters derived from its SHA-256,
-    so it is unique per token without being stored (32 bytes less per live token)."""
+    so it is unique per token without being stored (32 bytes less per live token).
+    Every lookup of a token needs it: a hot token's is computed once."""
     return hashlib.sha256(b"tokenservice-jti:" + digest.encode()).hexdigest()[:16]
 
 
@@ -29,7 +33,7 @@ class TokenKind(StrEnum):
     REFRESH = "refresh_token"
 
 
-@dataclass(frozen=True)
+@value_object
 class TokenRecord:
     """Metadata of one token, stored under the SHA-256 of the token."""
 
@@ -54,7 +58,7 @@ class TokenRecord:
 AccessTokenRecord = TokenRecord
 
 
-@dataclass(frozen=True)
+@value_object
 class GrantResult:
     """What an atomic grant step (code redemption, refresh rotation) reports."""
 
@@ -67,7 +71,7 @@ class GrantResult:
     limited_by: str = ""  # when "limited": the refusing bucket
 
 
-@dataclass(frozen=True)
+@value_object
 class Caller:
     """Who is calling an RPC, resolved from the bearer token in the call metadata."""
 
@@ -81,7 +85,7 @@ class Caller:
         return scope in self.scopes
 
 
-@dataclass(frozen=True)
+@value_object
 class AuthorizationCode:
     """A pending authorization (RFC 6749 section 4.1.2), stored under SHA-256(code)."""
 
@@ -95,7 +99,7 @@ class AuthorizationCode:
     session_id: str = ""
 
 
-@dataclass(frozen=True)
+@value_object
 class Session:
     """A user's login session; tokens bound to it die with it."""
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import inspect
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from redis.asyncio import Redis
@@ -31,6 +31,7 @@ __all__ = [
     "CommandObserver",
     "FailoverObservingPool",
     "InstrumentedRedis",
+    "batch",
     "error_kind",
 ]
 
@@ -62,6 +63,8 @@ def _command_name(args: tuple[Any, ...]) -> str:
     if not args:
         return "OTHER"
     name = args[0]
+    if name in SHARED_COMMANDS:
+        return str(name)  # upper case already: the hot path's commands
     if isinstance(name, bytes):
         name = name.decode("ascii", "replace")
     return str(name).upper()
@@ -89,15 +92,25 @@ class InstrumentedRedis(Redis):
         """redis-py's ``execute_command`` for a pooled client, less its per-call
         OpenTelemetry-style recording (docs/performance.md): the same connection from the
         pool, the same retry policy (``conn.retry``, our ``BoundedRetry``), the same
-        disconnect before each retry, the same send and parse."""
+        disconnect before each retry, the same send and parse. A shareable command goes
+        to the pool's shared connection instead, under the same retry policy."""
         if self.single_connection_client or self.connection is not None:
             return await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
         pool = self.connection_pool
         shared: SharedConnection | None = getattr(pool, "shared", None)
         if shared is not None and _shareable(args, options):
-            return await shared.retry.call_with_retry(
-                lambda: self._shared_call(shared, args, options), _nothing_to_close
-            )
+            # The retry calls the connection directly (no coroutine of ours around each
+            # attempt: this is every hot RPC's round trip); the reply is parsed after.
+            try:
+                reply = await shared.call(args)
+            except ResponseError:
+                if EMPTY_RESPONSE in options:
+                    return options[EMPTY_RESPONSE]
+                raise
+            if args[0] not in self.response_callbacks:
+                return reply  # the scripts: no callback
+            result = _parsed(self, args[0], reply, options)
+            return await result if inspect.isawaitable(result) else result
         command_name = args[0]
         conn = await pool.get_connection()  # type: ignore[no-untyped-call]
         started = time.monotonic()
@@ -114,19 +127,6 @@ class InstrumentedRedis(Redis):
         finally:
             await pool.release(conn)
 
-    async def _shared_call(
-        self, shared: SharedConnection, args: tuple[Any, ...], options: dict[str, Any]
-    ) -> Any:
-        """One command on the shared connection, its reply parsed as ``parse_response``
-        does (the same response callbacks)."""
-        try:
-            reply = await shared.execute(args)
-        except ResponseError:
-            if EMPTY_RESPONSE in options:
-                return options[EMPTY_RESPONSE]
-            raise
-        return await _parsed(self, args[0], reply, options)
-
     def pipeline(self, transaction: bool = True, shard_hint: str | None = None) -> Pipeline:
         pipe = InstrumentedPipeline(
             self.connection_pool, self.response_callbacks, transaction, shard_hint
@@ -135,23 +135,57 @@ class InstrumentedRedis(Redis):
         return pipe
 
 
+async def batch(redis: Redis, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+    """``commands`` in one round trip, their replies in order, parsed as redis-py parses
+    them (an error reply raises): a non-transactional pipeline, without building a
+    ``Pipeline`` for it when every command may go to the shared connection (the
+    lookups of caller authentication and introspection). Timed as one PIPELINE."""
+    shared: SharedConnection | None = getattr(redis.connection_pool, "shared", None)
+    if (
+        not isinstance(redis, InstrumentedRedis)
+        or shared is None
+        or redis.connection is not None
+        or not all(_shareable(command, {}) for command in commands)
+    ):
+        async with redis.pipeline(transaction=False) as pipe:
+            for command in commands:
+                pipe.execute_command(*command)
+            return await pipe.execute()
+    observer = redis.observer
+    started = time.perf_counter()
+    try:
+        replies = await shared.call_many(commands)
+        parsed = []
+        for command, reply in zip(commands, replies, strict=True):
+            if isinstance(reply, Exception):
+                raise reply  # as a pipeline raises its first error
+            if command[0] in redis.response_callbacks:
+                reply = _parsed(redis, command[0], reply, {})
+                if inspect.isawaitable(reply):
+                    reply = await reply
+            parsed.append(reply)
+    except Exception as error:
+        if observer is not None:
+            observer.failed("PIPELINE", error, time.perf_counter() - started)
+        raise
+    if observer is not None:
+        observer.observe("PIPELINE", time.perf_counter() - started)
+    return parsed
+
+
 def _shareable(args: tuple[Any, ...], options: Mapping[str, Any]) -> bool:
     """A command the shared connection may carry (the reply decoded as usual)."""
     return bool(args) and args[0] in SHARED_COMMANDS and NEVER_DECODE not in options
 
 
-async def _parsed(client: Redis, name: Any, reply: Any, options: Mapping[str, Any]) -> Any:
+def _parsed(client: Redis, name: Any, reply: Any, options: Mapping[str, Any]) -> Any:
+    """``reply`` through the client's response callback for ``name``, as
+    ``parse_response`` does (the result may be awaitable, as there)."""
     callback = client.response_callbacks.get(name)
     if callback is None:
         return reply
     options = {k: v for k, v in options.items() if k not in (EMPTY_RESPONSE, "keys")}
-    result = callback(reply, **options)
-    return await result if inspect.isawaitable(result) else result
-
-
-async def _nothing_to_close(error: Exception) -> None:
-    """A failed shared connection closes itself (``shared_connection``); a caller that
-    gave up leaves it usable."""
+    return callback(reply, **options)
 
 
 class InstrumentedPipeline(Pipeline):
@@ -191,15 +225,13 @@ class InstrumentedPipeline(Pipeline):
         ):
             return await super().execute(raise_on_error)
         try:
-            return await shared.retry.call_with_retry(
-                lambda: self._shared_pipeline(shared, raise_on_error), _nothing_to_close
-            )
+            return await self._shared_pipeline(shared, raise_on_error)
         finally:
             await self.reset()  # type: ignore[no-untyped-call]
 
     async def _shared_pipeline(self, shared: SharedConnection, raise_on_error: bool) -> list[Any]:
         stack = self.command_stack
-        replies = await shared.execute_many([args for args, _ in stack])
+        replies = await shared.call_many([args for args, _ in stack])
         response: list[Any] = []
         for (args, options), reply in zip(stack, replies, strict=True):
             if isinstance(reply, ConnectionError):
@@ -207,7 +239,8 @@ class InstrumentedPipeline(Pipeline):
             if isinstance(reply, ResponseError):
                 response.append(reply)
             else:
-                response.append(await _parsed(self, args[0], reply, options))
+                result = _parsed(self, args[0], reply, options)
+                response.append(await result if inspect.isawaitable(result) else result)
         if raise_on_error:
             self.raise_first_error(stack, response)
         return response

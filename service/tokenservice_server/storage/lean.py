@@ -60,11 +60,9 @@ class LeanPoolMixin(ConnectionPool):
 
     def share_connection(self) -> bool:
         """Keep one shared, pipelined connection for ``SHARED_COMMANDS`` (the clients in
-        ``instrumented.py`` use it). Not for RESP3 connections, whose server may push
-        messages between replies. Returns whether it is in use."""
+        ``instrumented.py`` use it). Returns whether it is in use (always, since RESP3,
+        redis-py 8's default, is handled too: see ``shared_connection.py``)."""
         kwargs = self.connection_kwargs
-        if kwargs.get("protocol") not in (None, 2, "2"):
-            return False
         self.shared = SharedConnection(
             self.make_connection,
             retry=kwargs["retry"],

@@ -118,49 +118,92 @@ class BoundedRetry(Retry):
         is_retryable: Callable[[Exception], bool] | None = None,
         with_failure_count: bool = False,
     ) -> _T:
-        async def failed(error: Exception, failures: int) -> None:
-            if with_failure_count:
-                await fail(error, failures)  # type: ignore[call-arg]
-            else:
-                await fail(error)  # type: ignore[call-arg]
-
         if _retrying.get():
             try:
                 return await do()
             except self._supported_errors as error:
-                await failed(error, 1)
+                await _report(fail, error, 1, with_failure_count)
                 raise
+        return await self._loop(
+            do, fail, is_retryable, with_failure_count, started=time.monotonic(), error=None
+        )
+
+    @staticmethod
+    def may_try_alone() -> bool:
+        """Whether a call may make its first attempt before (outside) the retry loop, as
+        the shared connection does on the hot path: no retry loop runs in this task (its
+        one would own the retrying) and the caller set no deadline (which bounds every
+        attempt, see ``_before``)."""
+        return not _retrying.get() and _caller_deadline.get() is None
+
+    async def after_failure(
+        self,
+        error: Exception,
+        started: float,
+        do: Callable[[], Awaitable[_T]],
+        fail: Callable[[Exception], Any],
+    ) -> _T:
+        """The retry loop of a call whose first attempt, begun at ``started``
+        (``time.monotonic()``) outside the loop, failed with ``error``: the same retries
+        and the same budget, counted from ``started``, as if the loop had made it."""
+        return await self._loop(do, fail, None, False, started=started, error=error)
+
+    async def _loop(
+        self,
+        do: Callable[[], Awaitable[_T]],
+        fail: Callable[[Exception], Any] | Callable[[Exception, int], Any],
+        is_retryable: Callable[[Exception], bool] | None,
+        with_failure_count: bool,
+        *,
+        started: float,
+        error: Exception | None,
+    ) -> _T:
         token = _retrying.set(True)
         try:
             self._backoff.reset()  # type: ignore[no-untyped-call]
-            deadline = time.monotonic() + self.budget
+            deadline = started + self.budget
             caller_deadline = _caller_deadline.get()
             if caller_deadline is not None:
                 deadline = min(deadline, caller_deadline)
             failures = 0
             while True:
-                try:
-                    return await _before(caller_deadline, do)
-                except self._supported_errors as error:
-                    if _is_permanent(error) or (
-                        is_retryable is not None and not is_retryable(error)
-                    ):
-                        raise
-                    failures += 1
-                    await failed(error, failures)
-                    backoff = self._backoff.compute(failures)
-                    out_of_attempts = 0 <= self._retries < failures
-                    if self.outage is not None and self.outage.fail_fast:
-                        raise  # Redis has been gone for a while: answer now
-                    if out_of_attempts or time.monotonic() + backoff > deadline:
-                        raise
-                    if backoff > 0:
-                        await asyncio.sleep(backoff)
+                if error is None:
+                    try:
+                        if caller_deadline is None:
+                            return await do()
+                        return await _before(caller_deadline, do)
+                    except self._supported_errors as caught:
+                        error = caught
+                if _is_permanent(error) or (is_retryable is not None and not is_retryable(error)):
+                    raise error
+                failures += 1
+                await _report(fail, error, failures, with_failure_count)
+                backoff = self._backoff.compute(failures)
+                out_of_attempts = 0 <= self._retries < failures
+                if self.outage is not None and self.outage.fail_fast:
+                    raise error  # Redis has been gone for a while: answer now
+                if out_of_attempts or time.monotonic() + backoff > deadline:
+                    raise error
+                if backoff > 0:
+                    await asyncio.sleep(backoff)
+                error = None
         finally:
             _retrying.reset(token)
 
 
-async def _before(caller_deadline: float | None, do: Callable[[], Awaitable[_T]]) -> _T:
+async def _report(
+    fail: Callable[[Exception], Any] | Callable[[Exception, int], Any],
+    error: Exception,
+    failures: int,
+    with_failure_count: bool,
+) -> None:
+    if with_failure_count:
+        await fail(error, failures)  # type: ignore[call-arg]
+    else:
+        await fail(error)  # type: ignore[call-arg]
+
+
+async def _before(caller_deadline: float, do: Callable[[], Awaitable[_T]]) -> _T:
     """``do()``, given up (redis ``TimeoutError``) at the caller's deadline less the margin.
 
     One attempt can block for the socket timeout (a master that stopped answering, a
@@ -169,8 +212,6 @@ async def _before(caller_deadline: float | None, do: Callable[[], Awaitable[_T]]
     connection disconnected (redis-py), and a write may or may not have been applied,
     as with any lost reply.
     """
-    if caller_deadline is None:
-        return await do()
     try:
         async with asyncio.timeout(caller_deadline - time.monotonic()):
             return await do()

@@ -21,6 +21,11 @@ Which commands: only those that neither block the connection nor change its stat
 pipelines made only of them. Transactions, WATCH, WAIT (replicated durability), pub/sub
 and everything else take a pooled connection as before.
 
+RESP2 or RESP3 (redis-py 8 negotiates RESP3 unless told otherwise): the replies are the
+same ones redis-py's own parser would read. A RESP3 push message (out-of-band data such
+as a client-tracking invalidation; nothing here subscribes or tracks, so none is
+expected) answers no command: it is dropped, never handed to a caller as its reply.
+
 Failures:
 
 * The connection is lost: every command in flight on it fails with ``ConnectionError``;
@@ -42,7 +47,9 @@ Failures:
 from __future__ import annotations
 
 import asyncio
+import codecs
 import copy
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final
@@ -50,6 +57,7 @@ from typing import Any, Final
 import hiredis
 from redis._parsers.base import BaseParser
 from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.retry import Retry
 from redis.exceptions import (
     ConnectionError,
     InvalidResponse,
@@ -57,7 +65,8 @@ from redis.exceptions import (
     ResponseError,
     TimeoutError,
 )
-from redis.retry import Retry
+
+from tokenservice_server.storage.retry import BoundedRetry
 
 __all__ = ["SHARED_COMMANDS", "SharedConnection"]
 
@@ -118,6 +127,7 @@ class _Replies(asyncio.Protocol):
         self._watch: asyncio.TimerHandle | None = None
         self._watched_answered = 0
         self._watched_sent = 0
+        self.pack = _packer_for(connection)
 
     # -- asyncio.Protocol --------------------------------------------------------------
 
@@ -126,6 +136,8 @@ class _Replies(asyncio.Protocol):
         try:
             reader.feed(data)
             while (reply := reader.gets()) is not False:
+                if type(reply) is hiredis.PushNotification:
+                    continue  # RESP3 out-of-band data (e.g. tracking), never a reply
                 self._hand_over(reply)
         except InvalidResponse as error:
             self.fail(ConnectionError(f"Protocol error from Redis: {error}"))
@@ -275,11 +287,37 @@ class SharedConnection:
             return None
         return replies
 
+    async def call(self, args: Sequence[Any]) -> Any:
+        """One command under the pool's retry policy; its reply (an error reply raised).
+
+        Every hot RPC's round trip comes here: on a connection in use the first attempt
+        is made directly, and the retry loop is set up only if it fails
+        (``BoundedRetry.after_failure``: the same retries and budget)."""
+        replies = self._usable()
+        retry = self.retry
+        if replies is not None and isinstance(retry, BoundedRetry) and retry.may_try_alone():
+            started = time.monotonic()
+            future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            replies.send((replies.pack(args),), future, 1)
+            try:
+                return await future
+            except (ConnectionError, TimeoutError) as error:
+                return await retry.after_failure(
+                    error, started, lambda: self.execute(args), _nothing_to_close
+                )
+        return await retry.call_with_retry(lambda: self.execute(args), _nothing_to_close)
+
+    async def call_many(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
+        """``execute_many`` under the pool's retry policy."""
+        return await self.retry.call_with_retry(
+            lambda: self.execute_many(commands), _nothing_to_close
+        )
+
     async def execute(self, args: Sequence[Any]) -> Any:
         """Send one command, return its reply (an error reply is raised)."""
         replies = self._usable() or await self._connection()
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        replies.send(replies.connection.pack_command(*args), future, 1)
+        replies.send((replies.pack(args),), future, 1)
         return await future
 
     async def execute_many(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
@@ -287,7 +325,7 @@ class SharedConnection:
         exception objects, as redis-py's pipelines collect them)."""
         replies = self._usable() or await self._connection()
         future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
-        packed = replies.connection.pack_commands(commands)
+        packed = [replies.pack(command) for command in commands]
         replies.send(packed, _Batch(future, len(commands)), len(commands))
         return await future
 
@@ -342,6 +380,33 @@ class SharedConnection:
         replies = self._replies
         if replies is not None and replies.open:
             replies.fail(ConnectionError("Connection closed by the client"))
+
+
+def _packer_for(connection: AbstractConnection) -> Callable[[Sequence[Any]], bytes]:
+    """A command packer giving the bytes redis-py's ``pack_command`` gives: hiredis's (C,
+    ~5 times faster: 3.6 vs 20 microseconds for a script call) when the connection
+    encodes text as strict UTF-8, as hiredis does; redis-py's for anything hiredis
+    refuses (its own error then names the bad argument) and for other encodings."""
+
+    def redis_py(args: Sequence[Any]) -> bytes:
+        return b"".join(connection.pack_command(*args))
+
+    encoder = connection.encoder
+    if codecs.lookup(encoder.encoding).name != "utf-8" or encoder.encoding_errors != "strict":
+        return redis_py
+
+    def packed(args: Sequence[Any]) -> bytes:
+        try:
+            command: bytes = hiredis.pack_command(tuple(args))
+        except TypeError:
+            return redis_py(args)
+        return command
+
+    return packed
+
+
+async def _nothing_to_close(error: Exception) -> None:
+    """A failed shared connection closes itself; a caller that gave up leaves it usable."""
 
 
 def _reader_for(connection: AbstractConnection) -> hiredis.Reader:

@@ -6,8 +6,9 @@ Field names are short on purpose: every live token costs memory for as long as i
 
 from __future__ import annotations
 
+import functools
 import time
-from typing import Any
+from collections.abc import Mapping
 
 from redis.asyncio import Redis
 
@@ -17,6 +18,7 @@ from tokenservice_server.domain.token_cache import TokenCache, family_key, token
 from tokenservice_server.domain.tokens import TokenKind, TokenRecord, derived_jti
 from tokenservice_server.storage import keys
 from tokenservice_server.storage.audit_store import audit_in_step_args
+from tokenservice_server.storage.instrumented import batch
 from tokenservice_server.storage.revocation_feed import index_attribute
 from tokenservice_server.storage.scripts import ScriptRegistry
 from tokenservice_server.storage.token_limits import limited, token_limit_args, token_limit_keys
@@ -55,23 +57,39 @@ def encode_access_token(record: TokenRecord) -> list[str]:
 
 
 def decode_token(
-    digest: str, raw: dict[bytes, bytes], kind: TokenKind = TokenKind.ACCESS
+    digest: str, raw: Mapping[bytes, bytes], kind: TokenKind = TokenKind.ACCESS
 ) -> TokenRecord:
-    data = {key.decode(): value.decode() for key, value in raw.items()}
+    """The record of a token's hash (``raw``: its fields, as the auth DB returns them).
+
+    On every uncached Check: fields are read as bytes (no decoded copy of the hash) and
+    the scope and audience strings, which repeat across a client's tokens, are parsed
+    once each."""
+    get = raw.get
+    jti = get(b"j")
     return TokenRecord(
         digest=digest,
-        client_id=data["c"],
-        scopes=frozenset(data.get("s", "").split()),
-        issued_at=int(data["i"]),
-        expires_at=int(data["e"]),
-        jti=data.get("j") or derived_jti(digest),
-        subject=data.get("u", ""),
-        audiences=tuple(data.get("a", "").split()),
-        session_id=data.get("n", ""),
-        family_id=data.get("f", ""),
+        client_id=raw[b"c"].decode(),
+        scopes=_scopes(get(b"s", b"")),
+        issued_at=int(raw[b"i"]),
+        expires_at=int(raw[b"e"]),
+        jti=jti.decode() if jti else derived_jti(digest),
+        subject=get(b"u", b"").decode(),
+        audiences=_audiences(get(b"a", b"")),
+        session_id=get(b"n", b"").decode(),
+        family_id=get(b"f", b"").decode(),
         kind=kind,
-        rotated=data.get("st") == "rotated",
+        rotated=get(b"st") == b"rotated",
     )
+
+
+@functools.lru_cache(maxsize=4096)
+def _scopes(value: bytes) -> frozenset[str]:
+    return frozenset(value.decode().split())
+
+
+@functools.lru_cache(maxsize=1024)
+def _audiences(value: bytes) -> tuple[str, ...]:
+    return tuple(value.decode().split())
 
 
 decode_access_token = decode_token
@@ -131,11 +149,13 @@ class RedisTokenStore:
         Revocation deletes the record and leaves a blacklist marker; checking both keeps a
         token revoked even if a stale replica or a restored backup still held its record.
         """
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for kind, digest in wanted:
-                pipe.hgetall(_RECORD_KEY[kind](digest))
-                pipe.exists(keys.blacklist_key(digest))
-            replies: list[Any] = await pipe.execute()
+        commands: list[tuple[str, str]] = []
+        for kind, digest in wanted:
+            commands += (
+                ("HGETALL", _RECORD_KEY[kind](digest)),
+                ("EXISTS", keys.blacklist_key(digest)),
+            )
+        replies = await batch(self._redis, commands)
         found: list[TokenRecord | None] = []
         for index, (kind, digest) in enumerate(wanted):
             raw, blacklisted = replies[2 * index], replies[2 * index + 1]

@@ -17,7 +17,7 @@ import grpc
 
 from tokenservice.v1 import cache_service_pb2 as pb
 from tokenservice_server.domain.cache import CacheService, EntryWrite, LeaseStatus, Lookup
-from tokenservice_server.metrics import ServerMetrics
+from tokenservice_server.metrics import ChildCache, ServerMetrics
 from tokenservice_server.transport.caller_auth import current_caller
 
 __all__ = ["CacheServiceServicer"]
@@ -48,10 +48,11 @@ class CacheServiceServicer:
     def __init__(self, cache: CacheService, metrics: ServerMetrics) -> None:
         self._cache = cache
         self._metrics = metrics
+        self._requests = ChildCache(metrics.cache_requests)  # by namespace, result
 
     def _count(self, namespace: str, result: str, amount: int = 1) -> None:
         if amount:
-            self._metrics.cache_requests.labels(namespace=namespace, result=result).inc(amount)
+            self._requests(namespace, result).inc(amount)
 
     def _count_reads(self, namespace: str, lookups: list[Lookup]) -> None:
         hits = sum(lookup.found for lookup in lookups)
@@ -71,7 +72,7 @@ class CacheServiceServicer:
             lock_if_missing=request.lock_if_missing,
             lease_ttl_seconds=request.lease_ttl_seconds,
         )
-        self._count_reads(request.namespace, [read.lookup])
+        self._count(request.namespace, "hit" if read.lookup.found else "miss")
         return pb.GetValueResponse(
             found=read.lookup.found,
             value=read.lookup.value,

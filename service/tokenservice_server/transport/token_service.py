@@ -37,7 +37,7 @@ from tokenservice_server.domain.revocation import Revoker
 from tokenservice_server.domain.scopes import format_scope
 from tokenservice_server.domain.sessions import SessionService
 from tokenservice_server.domain.tokens import Session, TokenKind
-from tokenservice_server.metrics import ServerMetrics
+from tokenservice_server.metrics import ChildCache, ServerMetrics
 from tokenservice_server.transport.audit import audited_in_step
 from tokenservice_server.transport.caller_auth import current_caller, optional_caller
 from tokenservice_server.transport.peers import peer_ip
@@ -124,7 +124,8 @@ class TokenServiceServicer:
     ) -> None:
         self._audit = audit
         self._throttle = throttle
-        self._metrics = metrics
+        self._issued = ChildCache(metrics.tokens_issued)  # by grant, result
+        self._rate_limited = ChildCache(metrics.rate_limited)  # by bucket
         self._client_credentials = client_credentials
         self._authorization_code = authorization_code
         self._refresh_token = refresh_token
@@ -143,8 +144,8 @@ class TokenServiceServicer:
         try:
             issued = await self._issue(request, limits)
         except RateLimited as refusal:
-            self._metrics.rate_limited.labels(bucket=refusal.limited_by).inc()
-            self._metrics.tokens_issued.labels(grant=grant, result="rate_limited").inc()
+            self._rate_limited(refusal.limited_by).inc()
+            self._issued(grant, "rate_limited").inc()
             raise
         except DomainError as failure:
             result = failure.reason.lower()
@@ -154,16 +155,16 @@ class TokenServiceServicer:
                         await self._throttle.count_failure(limits)
                     except RateLimited as refusal:
                         # The caller is told RESOURCE_EXHAUSTED: that is the result counted.
-                        self._metrics.rate_limited.labels(bucket=refusal.limited_by).inc()
+                        self._rate_limited(refusal.limited_by).inc()
                         result = "rate_limited"
                         raise
             finally:
-                self._metrics.tokens_issued.labels(grant=grant, result=result).inc()
+                self._issued(grant, result).inc()
             raise
         except Exception:
-            self._metrics.tokens_issued.labels(grant=grant, result="error").inc()
+            self._issued(grant, "error").inc()
             raise
-        self._metrics.tokens_issued.labels(grant=grant, result="issued").inc()
+        self._issued(grant, "issued").inc()
         return _token_response(issued)
 
     async def _issue(

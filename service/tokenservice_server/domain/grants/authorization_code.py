@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from tokenservice_server.domain.authentication import authenticate_for_grant
 from tokenservice_server.domain.client_attempts import STALE, with_current_client
@@ -43,6 +42,7 @@ from tokenservice_server.domain.pkce import (
 from tokenservice_server.domain.ports import GrantStore
 from tokenservice_server.domain.rate_limiting import TokenRequestLimits
 from tokenservice_server.domain.tokens import AuthorizationCode
+from tokenservice_server.domain.value_object import value_object
 
 __all__ = ["AuthorizationCodeGrant", "AuthorizeRequest", "IssuedCode", "redirect_uri_matches"]
 
@@ -60,7 +60,7 @@ _FAILURES = {
 }
 
 
-@dataclass(frozen=True)
+@value_object
 class AuthorizeRequest:
     client_id: str
     redirect_uri: str
@@ -72,7 +72,7 @@ class AuthorizeRequest:
     state: str = ""
 
 
-@dataclass(frozen=True)
+@value_object
 class IssuedCode:
     code: str
     expires_in: int

@@ -28,6 +28,7 @@ from tokenservice_server.domain.ports import TokenStore
 from tokenservice_server.domain.rate_limiting import Admission, TokenRequestLimits, refused
 from tokenservice_server.domain.scopes import format_scope, parse_scope
 from tokenservice_server.domain.tokens import AccessTokenRecord, derived_jti
+from tokenservice_server.domain.value_object import value_object
 
 __all__ = ["ClientCredentialsGrant", "IssuedTokens", "TokenLifetimes", "resolve_scope"]
 
@@ -38,7 +39,7 @@ class TokenLifetimes:
     refresh_token: int
 
 
-@dataclass(frozen=True)
+@value_object
 class IssuedTokens:
     access_token: str
     expires_in: int

@@ -4,7 +4,6 @@ to the client only once that step succeeded."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 from tokenservice_server.domain.client_attempts import Settled
 from tokenservice_server.domain.clients import ClientRecord
@@ -14,6 +13,7 @@ from tokenservice_server.domain.grants.client_credentials import IssuedTokens, T
 from tokenservice_server.domain.rate_limiting import rate_limited
 from tokenservice_server.domain.scopes import parse_scope
 from tokenservice_server.domain.tokens import GrantResult
+from tokenservice_server.domain.value_object import value_object
 
 __all__ = ["TokenPair", "plan_token_pair", "settle"]
 
@@ -22,7 +22,7 @@ __all__ = ["TokenPair", "plan_token_pair", "settle"]
 StoredToken = tuple[str, str, int]
 
 
-@dataclass(frozen=True)
+@value_object
 class TokenPair:
     access_token: str
     access_ttl: int
