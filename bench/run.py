@@ -58,6 +58,7 @@ class Settings:
     warmup: float = 0.7
     loads: tuple[float, ...] = (0.25, 0.50, 0.75)
     memory_tokens: int = 20_000
+    paired_seconds: float = 2.0  # the baseline window just before each targeted scenario
     soak_seconds: float = 20.0
     soak_load: float = 0.70
     only: list[str] = field(default_factory=list)
@@ -143,9 +144,11 @@ class Bench:
         max_calls: int = 0,
         keep_results: bool = False,
         data: dict[str, Any] | None = None,
+        on: str | None = None,
     ) -> dict[str, Any]:
+        """One window of load of scenario ``name`` (on its own server, or on ``on``)."""
         assert self.pool is not None
-        server = self.server(SCENARIOS[name].server)
+        server = self.server(on or SCENARIOS[name].server)
         workers = self.settings.workers
         start = time.time() + 0.3
         warmup = self.settings.warmup
@@ -196,9 +199,21 @@ class Bench:
 
     def scenario(self, name: str) -> dict[str, Any]:
         s = self.settings
+        entry: dict[str, Any] = {"description": SCENARIOS[name].description}
+        if SCENARIOS[name].target.ratio is not None and s.paired_seconds:
+            # The baseline on the same server process, seconds before: the machine's speed
+            # drifts by 10% within minutes here, so the target's ratio is taken against it.
+            paired = self.phase(
+                "baseline",
+                concurrency=s.concurrency,
+                seconds=s.paired_seconds,
+                on=SCENARIOS[name].server,
+            )
+            paired.pop("results")
+            entry["paired_baseline"] = paired
         peak = self.phase(name, concurrency=s.concurrency, seconds=s.closed_seconds)
         peak.pop("results")
-        entry: dict[str, Any] = {"description": SCENARIOS[name].description, "closed": peak}
+        entry["closed"] = peak
         entry["open"] = {}
         for load in s.loads:
             rate = max(1.0, peak["throughput"] * load)
@@ -396,6 +411,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--concurrency", type=int, default=25, help="calls in flight per process")
     parser.add_argument("--seconds", type=float, default=4.0, help="closed-loop window")
     parser.add_argument("--open-seconds", type=float, default=2.5, help="each open-loop window")
+    parser.add_argument(
+        "--paired-seconds",
+        type=float,
+        default=2.0,
+        help="baseline window just before each scenario with a target (0: none)",
+    )
     parser.add_argument("--memory-tokens", type=int, default=20_000)
     parser.add_argument(
         "--soak", type=float, default=20.0, help="seconds of the RSS soak (300 for the target)"
@@ -415,6 +436,7 @@ def main(argv: list[str] | None = None) -> int:
         concurrency=args.concurrency,
         closed_seconds=args.seconds,
         open_seconds=args.open_seconds,
+        paired_seconds=args.paired_seconds,
         memory_tokens=args.memory_tokens,
         soak_seconds=args.soak,
         envoy=not args.no_envoy and not args.soak_only,
