@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONSTRAINTS := requirements/constraints.txt
 
-.PHONY: run test check lint typecheck fmt gen lock bench bench-soak-rss bench-abuse soak failover-nightly clean wheels release-dry-run
+.PHONY: run test check lint typecheck fmt gen lock bench bench-instructions bench-soak-rss bench-abuse soak failover-nightly clean wheels release-dry-run
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml $(CONSTRAINTS)
 	@$(PYTHON) -c 'import sys; sys.exit("Python >= 3.11 is required") if sys.version_info < (3, 11) else None'
@@ -59,6 +59,10 @@ release-dry-run: $(STAMP)
 ## bench: throughput, latency, Redis round trips, CPU and RSS per scenario (docs/performance.md)
 bench: $(STAMP)
 	$(PY) -m bench $(ARGS)
+
+## bench-instructions: instructions per RPC of the server under callgrind (repeatable; needs valgrind)
+bench-instructions: $(STAMP)
+	$(PY) -m bench.instructions $(ARGS)
 
 ## bench-soak-rss: server RSS growth over 5 minutes of Check at 70% of its peak
 bench-soak-rss: $(STAMP)
