@@ -250,6 +250,34 @@ async def test_readonly_from_a_demoted_master_retires_the_connection(
         shared.close()
 
 
+async def test_a_failover_reply_is_retried_on_the_new_master(
+    redis_server_factory: Callable[..., RedisProcess],
+) -> None:
+    """READONLY from a demoted master, for a single command and inside a batch, is retried
+    by the policy on a new connection: here the second one goes to the master, as a
+    Sentinel pool's would once Sentinel names it."""
+    master = redis_server_factory()
+    replica = redis_server_factory(extra_config=[f"replicaof {master.host} {master.port}"])
+    made: list[RedisProcess] = []
+
+    def make() -> LeanConnection:
+        node = replica if len(made) % 2 == 0 else master  # replica first, then the master
+        made.append(node)
+        return LeanConnection(host=node.host, port=node.port)
+
+    shared = SharedConnection(make, retry=default_retry(), socket_timeout=1.0, follows_master=True)
+    write = ("EVAL", "return redis.call('INCR', KEYS[1])", 1, "counter")
+    try:
+        assert await shared.call(write) == 1
+        assert made == [replica, master]
+        assert await shared.call_many([("GET", "counter"), write]) == [b"1", 2]  # on the master
+        shared.retire()  # the next connection is the replica again: READONLY in a batch
+        assert await shared.call_many([("GET", "counter"), write]) == [b"2", 3]
+        assert made == [replica, master, replica, master]
+    finally:
+        shared.close()
+
+
 async def _share_under_uvloop(settings: RedisSettings) -> list[Any]:
     """50 concurrent callers on the shared connection, on uvloop (what ``serve`` runs),
     in a thread of its own: its transports (TCP, TLS, unix) are uvloop's, not asyncio's."""

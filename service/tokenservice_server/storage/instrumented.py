@@ -234,8 +234,6 @@ class InstrumentedPipeline(Pipeline):
         replies = await shared.call_many([args for args, _ in stack])
         response: list[Any] = []
         for (args, options), reply in zip(stack, replies, strict=True):
-            if isinstance(reply, ConnectionError):
-                raise reply  # a failover reply (READONLY, NOREPLICAS): retried
             if isinstance(reply, ResponseError):
                 response.append(reply)
             else:

@@ -166,6 +166,12 @@ class _Replies(asyncio.Protocol):
             self._watched_answered, self._watched_sent = self.answered, self.sent
             self._watch = asyncio.get_running_loop().call_later(self.timeout, self._check)
 
+    def submit(self, args: Sequence[Any]) -> asyncio.Future[Any]:
+        """Write one command; the future of its reply."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.send((self.pack(args),), future, 1)
+        return future
+
     def _check(self) -> None:
         """No reply since the last check while commands were in flight: Redis stalled."""
         self._watch = None
@@ -297,10 +303,8 @@ class SharedConnection:
         retry = self.retry
         if replies is not None and isinstance(retry, BoundedRetry) and retry.may_try_alone():
             started = time.monotonic()
-            future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-            replies.send((replies.pack(args),), future, 1)
             try:
-                return await future
+                return await replies.submit(args)
             except (ConnectionError, TimeoutError) as error:
                 return await retry.after_failure(
                     error, started, lambda: self.execute(args), _nothing_to_close
@@ -308,17 +312,23 @@ class SharedConnection:
         return await retry.call_with_retry(lambda: self.execute(args), _nothing_to_close)
 
     async def call_many(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
-        """``execute_many`` under the pool's retry policy."""
-        return await self.retry.call_with_retry(
-            lambda: self.execute_many(commands), _nothing_to_close
-        )
+        """``execute_many`` under the pool's retry policy. A failover reply among the
+        replies (READONLY, NOREPLICAS from a Sentinel master: a ``ConnectionError``)
+        fails the attempt, so the whole batch is sent again, as on a lost connection."""
+
+        async def attempt() -> list[Any]:
+            replies = await self.execute_many(commands)
+            for reply in replies:
+                if isinstance(reply, ConnectionError):
+                    raise reply
+            return replies
+
+        return await self.retry.call_with_retry(attempt, _nothing_to_close)
 
     async def execute(self, args: Sequence[Any]) -> Any:
         """Send one command, return its reply (an error reply is raised)."""
         replies = self._usable() or await self._connection()
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        replies.send((replies.pack(args),), future, 1)
-        return await future
+        return await replies.submit(args)
 
     async def execute_many(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
         """Send several commands in one write; their replies in order (error replies as
