@@ -96,7 +96,7 @@ class BearerAuthenticator:
         if record is None:
             if not is_well_formed(token, CredentialKind.ACCESS_TOKEN):
                 raise InvalidToken("the access token is malformed")
-            (record,) = await self._lookup.find([(TokenKind.ACCESS, hashed)])
+            (record,) = await self._lookup.look_up([(TokenKind.ACCESS, hashed)])
         if record is None or record.expires_at <= self._clock():
             raise InvalidToken("the access token is invalid, expired or revoked")
         return Caller(

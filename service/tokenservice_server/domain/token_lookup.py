@@ -25,7 +25,7 @@ class TokenLookup:
 
     def cached(self, digest: str) -> TokenRecord | None:
         """The hot-token cache's record of a live access token, None on a miss (the
-        caller then looks it up with :meth:`find`)."""
+        caller then looks it up with :meth:`look_up`)."""
         cache = self._cache
         hit = cache.get(digest) if cache is not None else None
         return hit.record if hit is not None else None
@@ -41,13 +41,21 @@ class TokenLookup:
                 missing.append(index)
             else:
                 found[index] = hit.record
-        if not missing:
-            return found
+        if missing:
+            looked_up = await self.look_up([wanted[index] for index in missing])
+            for index, record in zip(missing, looked_up, strict=True):
+                found[index] = record
+        return found
+
+    async def look_up(self, wanted: list[tuple[TokenKind, str]]) -> list[TokenRecord | None]:
+        """Like :meth:`find`, without asking the cache first (its misses, known already):
+        one round trip; the live access tokens found are cached."""
+        cache = self._cache
         epoch = cache.epoch if cache is not None else 0
-        looked_up = await self._tokens.find_tokens([wanted[index] for index in missing])
-        for index, record in zip(missing, looked_up, strict=True):
-            found[index] = record
-            if record is not None and cache is not None and wanted[index][0] is TokenKind.ACCESS:
-                # The client's Check limit is unknown here: inf makes Check ask Redis.
-                cache.put(record, math.inf, epoch)
+        found = await self._tokens.find_tokens(wanted)
+        if cache is not None:
+            for (kind, _), record in zip(wanted, found, strict=True):
+                if record is not None and kind is TokenKind.ACCESS:
+                    # The client's Check limit is unknown here: inf makes Check ask Redis.
+                    cache.put(record, math.inf, epoch)
         return found

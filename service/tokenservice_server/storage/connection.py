@@ -152,12 +152,12 @@ async def connect_redis(settings: RedisSettings, *, log: Any = None) -> RedisCon
         connections = _standalone_connections(settings, settings.url, outage, log)
     else:
         connections = await _embedded_connections(settings, outage, log)
-    shared = settings.shared_connection and all(
-        [
-            isinstance(pool, LeanPoolMixin) and pool.share_connection()
-            for pool in (connections.auth.connection_pool, connections.cache.connection_pool)
-        ]
-    )
+    pools = (connections.auth.connection_pool, connections.cache.connection_pool)
+    lean = [pool for pool in pools if isinstance(pool, LeanPoolMixin)]
+    shared = settings.shared_connection and len(lean) == len(pools)
+    if shared:
+        for pool in lean:
+            pool.share_connection()
     log.info(
         "redis connections configured",
         topology=str(topology),

@@ -155,15 +155,10 @@ async def batch(redis: Redis, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
     started = time.perf_counter()
     try:
         replies = await shared.call_many(commands)
-        parsed = []
-        for command, reply in zip(commands, replies, strict=True):
-            if isinstance(reply, Exception):
+        parsed = await _parsed_all(redis, [(command, {}) for command in commands], replies)
+        for reply in parsed:
+            if isinstance(reply, ResponseError):
                 raise reply  # as a pipeline raises its first error
-            if command[0] in redis.response_callbacks:
-                reply = _parsed(redis, command[0], reply, {})
-                if inspect.isawaitable(reply):
-                    reply = await reply
-            parsed.append(reply)
     except Exception as error:
         if observer is not None:
             observer.failed("PIPELINE", error, time.perf_counter() - started)
@@ -176,6 +171,21 @@ async def batch(redis: Redis, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
 def _shareable(args: tuple[Any, ...], options: Mapping[str, Any]) -> bool:
     """A command the shared connection may carry (the reply decoded as usual)."""
     return bool(args) and args[0] in SHARED_COMMANDS and NEVER_DECODE not in options
+
+
+async def _parsed_all(
+    client: Redis, stack: Sequence[tuple[tuple[Any, ...], Mapping[str, Any]]], replies: list[Any]
+) -> list[Any]:
+    """The replies of a batch through their response callbacks; error replies are kept
+    in place (as redis-py's pipelines collect them)."""
+    parsed: list[Any] = []
+    for (args, options), reply in zip(stack, replies, strict=True):
+        if not isinstance(reply, ResponseError) and args[0] in client.response_callbacks:
+            reply = _parsed(client, args[0], reply, options)
+            if inspect.isawaitable(reply):
+                reply = await reply
+        parsed.append(reply)
+    return parsed
 
 
 def _parsed(client: Redis, name: Any, reply: Any, options: Mapping[str, Any]) -> Any:
@@ -232,13 +242,7 @@ class InstrumentedPipeline(Pipeline):
     async def _shared_pipeline(self, shared: SharedConnection, raise_on_error: bool) -> list[Any]:
         stack = self.command_stack
         replies = await shared.call_many([args for args, _ in stack])
-        response: list[Any] = []
-        for (args, options), reply in zip(stack, replies, strict=True):
-            if isinstance(reply, ResponseError):
-                response.append(reply)
-            else:
-                result = _parsed(self, args[0], reply, options)
-                response.append(await result if inspect.isawaitable(result) else result)
+        response = await _parsed_all(self, stack, replies)
         if raise_on_error:
             self.raise_first_error(stack, response)
         return response

@@ -58,10 +58,9 @@ class LeanPoolMixin(ConnectionPool):
     #: The shared connection of the hot-path commands, once ``share_connection`` is called.
     shared: SharedConnection | None = None
 
-    def share_connection(self) -> bool:
+    def share_connection(self) -> None:
         """Keep one shared, pipelined connection for ``SHARED_COMMANDS`` (the clients in
-        ``instrumented.py`` use it). Returns whether it is in use (always, since RESP3,
-        redis-py 8's default, is handled too: see ``shared_connection.py``)."""
+        ``instrumented.py`` use it; RESP2 and RESP3 alike, see ``shared_connection.py``)."""
         kwargs = self.connection_kwargs
         self.shared = SharedConnection(
             self.make_connection,
@@ -69,7 +68,6 @@ class LeanPoolMixin(ConnectionPool):
             socket_timeout=kwargs.get("socket_timeout"),
             follows_master=isinstance(self, SentinelConnectionPool) and self.is_master,
         )
-        return True
 
     async def disconnect(self, inuse_connections: bool = True) -> None:
         # A new master (Sentinel), a reset or closing: the shared connection is not used

@@ -35,7 +35,7 @@ from tokenservice_server.domain.access_check import (
 )
 from tokenservice_server.domain.scopes import format_scope
 from tokenservice_server.domain.tokens import Caller
-from tokenservice_server.metrics import ServerMetrics
+from tokenservice_server.metrics import ChildCache, ServerMetrics
 
 __all__ = ["AuthorizationServicer"]
 
@@ -99,13 +99,13 @@ class AuthorizationServicer:
         headers_to_remove: Sequence[str] = ("authorization",),
     ) -> None:
         self._checker = checker
-        self._metrics = metrics
         self._headers_to_remove = tuple(name.lower() for name in headers_to_remove)
         # Every result is exported from the start, at 0; children are looked up once
         # (labels() costs more than the increment on this path).
         self._results = {
             outcome: metrics.check_results.labels(result=outcome.value) for outcome in Outcome
         }
+        self._rate_limited = ChildCache(metrics.rate_limited)  # by bucket
         self._allowed = functools.lru_cache(maxsize=_RESPONSES)(self._build_allowed)
         self._denied = functools.lru_cache(maxsize=_RESPONSES)(self._build)
 
@@ -129,7 +129,7 @@ class AuthorizationServicer:
         decision = await self._checker.check(access)
         self._results[decision.outcome].inc()
         if decision.limited_by:
-            self._metrics.rate_limited.labels(bucket=decision.limited_by).inc()
+            self._rate_limited(decision.limited_by).inc()
         if decision.caller is not None:
             structlog.contextvars.bind_contextvars(
                 check_result=decision.outcome.value, client_id=decision.caller.client_id
