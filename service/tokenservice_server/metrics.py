@@ -1,5 +1,8 @@
 """Prometheus metrics, one registry per server instance, served on their own HTTP port.
 
+Counters and histograms are ``lean_metrics``' (updated from the event loop's thread
+only, exported as prometheus_client's); gauges are prometheus_client's.
+
 gRPC families follow the names the ecosystem's dashboards expect (go-grpc-prometheus,
 py-grpc-prometheus): ``grpc_server_started_total``, ``grpc_server_handled_total`` and
 ``grpc_server_handling_seconds``.
@@ -10,24 +13,21 @@ from __future__ import annotations
 import socket
 import threading
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import (
     CollectorRegistry,
-    Counter,
     Gauge,
-    Histogram,
     disable_created_metrics,
     make_wsgi_app,
 )
 from prometheus_client.exposition import ThreadingWSGIServer
 
 from tokenservice_server import __version__
+from tokenservice_server.lean_metrics import LeanCounter as Counter
+from tokenservice_server.lean_metrics import LeanHistogram as Histogram
 
-__all__ = ["ChildCache", "MetricsServer", "ServerMetrics"]
-
-_Child = TypeVar("_Child", Counter, Gauge, Histogram)
+__all__ = ["MetricsServer", "ServerMetrics"]
 
 # `*_created` series double the exposition size and no dashboard of ours reads them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -170,22 +170,6 @@ class ServerMetrics:
             registry=self.registry,
         )
         self.build_info.labels(version=__version__).set(1)
-
-
-class ChildCache(Generic[_Child]):
-    """A metric's children by label values (in label order), each looked up once:
-    ``labels()`` takes a lock and builds its key on every call, which showed on the hot
-    paths (docs/performance.md). It holds the children the metric holds anyway."""
-
-    def __init__(self, metric: _Child) -> None:
-        self._metric: _Child = metric
-        self._children: dict[tuple[str, ...], _Child] = {}
-
-    def __call__(self, *values: str) -> _Child:
-        child = self._children.get(values)
-        if child is None:
-            child = self._children[values] = self._metric.labels(*values)
-        return child
 
 
 class _QuietHandler(WSGIRequestHandler):

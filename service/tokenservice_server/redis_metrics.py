@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from prometheus_client import Counter, Histogram
-
+from tokenservice_server.lean_metrics import CounterChild, HistogramChild
 from tokenservice_server.logging import get_logger
 from tokenservice_server.metrics import ServerMetrics
 from tokenservice_server.storage.connection import RedisConnections
@@ -36,10 +35,10 @@ class RedisCommandMetrics:
         self._histogram = metrics.redis_command_seconds
         self._errors = metrics.redis_command_errors
         # Children by command name, looked up once (labels() costs more than observe()).
-        self._children: dict[str, Histogram] = {}
-        self._error_children: dict[str, Counter] = {}
+        self._children: dict[str, HistogramChild] = {}
+        self._error_children: dict[str, CounterChild] = {}
 
-    def _child(self, command: str) -> Histogram:
+    def _child(self, command: str) -> HistogramChild:
         child = self._children.get(command)
         if child is None:
             if len(self._children) >= MAX_COMMAND_LABELS:
@@ -49,7 +48,8 @@ class RedisCommandMetrics:
         return child
 
     def observe(self, command: str, seconds: float) -> None:
-        self._child(command).observe(seconds)
+        child = self._children.get(command)  # inline: every Redis command comes here
+        (child or self._child(command)).observe(seconds)
 
     def failed(self, command: str, error: Exception, seconds: float) -> None:
         self._child(command).observe(seconds)

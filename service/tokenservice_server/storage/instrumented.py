@@ -127,6 +127,27 @@ class InstrumentedRedis(Redis):
         finally:
             await pool.release(conn)
 
+    async def evalsha_keys(self, sha: str, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        """``EVALSHA sha len(keys) *keys *args``, as ``evalsha`` sends it. Every hot RPC's
+        one round trip: on the shared connection, the command goes to it without the
+        layers of ``evalsha`` -> ``execute_command`` (a script reply has no callback);
+        anywhere else (a pinned connection, no shared connection), as ``evalsha``."""
+        shared: SharedConnection | None = getattr(self.connection_pool, "shared", None)
+        if shared is None or self.single_connection_client or self.connection is not None:
+            return await self.evalsha(sha, len(keys), *keys, *args)
+        command = ("EVALSHA", sha, len(keys), *keys, *args)
+        observer = self.observer
+        if observer is None:
+            return await shared.call(command)
+        started = time.perf_counter()
+        try:
+            reply = await shared.call(command)
+        except Exception as error:
+            observer.failed("EVALSHA", error, time.perf_counter() - started)
+            raise
+        observer.observe("EVALSHA", time.perf_counter() - started)
+        return reply
+
     def pipeline(self, transaction: bool = True, shard_hint: str | None = None) -> Pipeline:
         pipe = InstrumentedPipeline(
             self.connection_pool, self.response_callbacks, transaction, shard_hint

@@ -21,10 +21,11 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Final
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Gauge
 from redis.asyncio import Redis
 
 from tokenservice_server.domain.token_cache import TokenCache
+from tokenservice_server.lean_metrics import LeanCounter
 from tokenservice_server.logging import get_logger
 from tokenservice_server.storage import keys
 from tokenservice_server.tasks import cancel_and_wait
@@ -61,7 +62,7 @@ class TokenCacheMetrics:
     """The cache's metrics, on the server's registry."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.lookups = Counter(
+        self.lookups = LeanCounter(
             "tokenservice_token_cache_lookups",
             "Hot-token cache lookups, by result (hit or miss; bypassed counts as miss)",
             ["result"],
@@ -72,7 +73,7 @@ class TokenCacheMetrics:
             "1 while the revocation channel is subscribed and the hot-token cache is used",
             registry=registry,
         )
-        self.invalidations = Counter(
+        self.invalidations = LeanCounter(
             "tokenservice_token_cache_invalidations",
             "Revocation messages received on the invalidation channel",
             registry=registry,

@@ -26,7 +26,7 @@ WAIT 1 timeout]`` (one round trip; WAIT cannot run inside Lua) and raises
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -37,6 +37,7 @@ from redis.exceptions import NoScriptError
 from redis.typing import EncodableT, KeyT
 
 from tokenservice_server.domain.errors import BackendUnavailable
+from tokenservice_server.storage.instrumented import InstrumentedRedis
 
 __all__ = [
     "DURABLE_SCRIPTS",
@@ -147,6 +148,11 @@ class ScriptRegistry(Mapping[str, AsyncScript]):
         self.replica_ack_timeout_ms = replica_ack_timeout_ms
         self.headers: dict[str, ScriptHeader] = {}
         self._scripts: dict[str, AsyncScript] = {}
+        #: EVALSHA with explicit keys and args: the instrumented client's direct path to
+        #: its shared connection, or plain ``evalsha`` for any other client.
+        self._run: Callable[[str, Sequence[KeyT], Sequence[EncodableT]], Awaitable[Any]] = (
+            client.evalsha_keys if isinstance(client, InstrumentedRedis) else _evalsha(client)
+        )
         for path in sorted(directory.glob("*.lua")):
             if path.name.startswith("_"):
                 continue
@@ -178,12 +184,13 @@ class ScriptRegistry(Mapping[str, AsyncScript]):
             # What AsyncScript.__call__ does for a plain client, less its per-call import
             # and argument copies (this is every hot RPC's one round trip).
             client = self.client
+            run = self._run
             try:
-                return await client.evalsha(script.sha, len(keys), *keys, *args)
+                return await run(script.sha, keys, args)
             except NoScriptError:
                 # A fresh server (restart, failover) lacks the script: load it, run again.
                 script.sha = await client.script_load(script.script)
-                return await client.evalsha(script.sha, len(keys), *keys, *args)
+                return await run(script.sha, keys, args)
         return await self._call_replicated(script, keys, args)
 
     async def _call_replicated(
@@ -206,6 +213,15 @@ class ScriptRegistry(Mapping[str, AsyncScript]):
             _require_replica(int(acked))
             return result
         raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _evalsha(
+    client: Redis,
+) -> Callable[[str, Sequence[KeyT], Sequence[EncodableT]], Awaitable[Any]]:
+    async def run(sha: str, keys: Sequence[KeyT], args: Sequence[EncodableT]) -> Any:
+        return await client.evalsha(sha, len(keys), *keys, *args)
+
+    return run
 
 
 def _require_replica(acked: int) -> None:

@@ -17,7 +17,7 @@ import grpc
 
 from tokenservice.v1 import cache_service_pb2 as pb
 from tokenservice_server.domain.cache import CacheService, EntryWrite, LeaseStatus, Lookup
-from tokenservice_server.metrics import ChildCache, ServerMetrics
+from tokenservice_server.metrics import ServerMetrics
 from tokenservice_server.transport.caller_auth import current_caller
 
 __all__ = ["CacheServiceServicer"]
@@ -48,7 +48,7 @@ class CacheServiceServicer:
     def __init__(self, cache: CacheService, metrics: ServerMetrics) -> None:
         self._cache = cache
         self._metrics = metrics
-        self._requests = ChildCache(metrics.cache_requests)  # by namespace, result
+        self._requests = metrics.cache_requests.labels  # by namespace, result
 
     def _count(self, namespace: str, result: str, amount: int = 1) -> None:
         if amount:

@@ -35,7 +35,7 @@ from tokenservice_server.domain.access_check import (
 )
 from tokenservice_server.domain.scopes import format_scope
 from tokenservice_server.domain.tokens import Caller
-from tokenservice_server.metrics import ChildCache, ServerMetrics
+from tokenservice_server.metrics import ServerMetrics
 
 __all__ = ["AuthorizationServicer"]
 
@@ -105,7 +105,7 @@ class AuthorizationServicer:
         self._results = {
             outcome: metrics.check_results.labels(result=outcome.value) for outcome in Outcome
         }
-        self._rate_limited = ChildCache(metrics.rate_limited)  # by bucket
+        self._rate_limited = metrics.rate_limited.labels  # by bucket
         self._allowed = functools.lru_cache(maxsize=_RESPONSES)(self._build_allowed)
         self._denied = functools.lru_cache(maxsize=_RESPONSES)(self._build)
 

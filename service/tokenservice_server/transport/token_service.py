@@ -37,7 +37,7 @@ from tokenservice_server.domain.revocation import Revoker
 from tokenservice_server.domain.scopes import format_scope
 from tokenservice_server.domain.sessions import SessionService
 from tokenservice_server.domain.tokens import Session, TokenKind
-from tokenservice_server.metrics import ChildCache, ServerMetrics
+from tokenservice_server.metrics import ServerMetrics
 from tokenservice_server.transport.audit import audited_in_step
 from tokenservice_server.transport.caller_auth import current_caller, optional_caller
 from tokenservice_server.transport.peers import peer_ip
@@ -124,8 +124,8 @@ class TokenServiceServicer:
     ) -> None:
         self._audit = audit
         self._throttle = throttle
-        self._issued = ChildCache(metrics.tokens_issued)  # by grant, result
-        self._rate_limited = ChildCache(metrics.rate_limited)  # by bucket
+        self._issued = metrics.tokens_issued.labels  # by grant, result
+        self._rate_limited = metrics.rate_limited.labels  # by bucket
         self._client_credentials = client_credentials
         self._authorization_code = authorization_code
         self._refresh_token = refresh_token
