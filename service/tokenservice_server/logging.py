@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 import structlog
 
+from tokenservice_server import log_context
+
 __all__ = ["configure_logging", "enabled_for", "get_logger"]
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
@@ -23,7 +25,7 @@ def configure_logging(
 ) -> None:
     """Route structlog and stdlib logging to stderr in one format."""
     shared: list[structlog.types.Processor] = [
-        structlog.contextvars.merge_contextvars,
+        log_context.merge,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]

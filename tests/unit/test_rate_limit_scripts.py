@@ -13,7 +13,9 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import ResponseError
 
 from tests.harness.redis_servers import RedisProcess
+from tokenservice_server.domain.tokens import TokenRecord
 from tokenservice_server.storage.scripts import ScriptRegistry
+from tokenservice_server.storage.token_store import decode_fields, encode_access_token
 
 CLIENT = "auth:client:svc"
 BUCKET = "auth:rate_limit:issue_client:svc"
@@ -160,8 +162,34 @@ async def test_check_returns_the_live_token_with_its_fields(
     reply = await _check(scripts)
 
     assert reply[:3] == [1, 0, ""]
-    fields = dict(zip(reply[3::2], reply[4::2], strict=True))
-    assert (fields["c"], fields["s"]) == ("svc", "a b")
+    assert reply[3:5] == ["svc", "a b"]
+    assert reply[7:13] == ["", "", "", "", "", "0"]  # absent fields, then no own limit
+
+
+async def test_check_returns_every_field_in_the_order_the_store_decodes(
+    scripts: ScriptRegistry, client: Redis
+) -> None:
+    now = int(time.time())
+    record = TokenRecord(
+        digest="d1",
+        client_id="svc",
+        scopes=frozenset({"a", "b"}),
+        issued_at=now,
+        expires_at=now + 900,
+        jti="a-jti-of-its-own",
+        subject="alice",
+        audiences=("api", "web"),
+        session_id="s1",
+        family_id="f1",
+    )
+    fields = encode_access_token(record)
+    await client.hset(TOKEN, mapping=dict(zip(fields[::2], fields[1::2], strict=True)))
+    await client.hset("auth:client:svc", "rate_limit", "7")
+
+    reply = await _check(scripts)
+
+    assert decode_fields("d1", [str(value).encode() for value in reply[3:12]]) == record
+    assert reply[12] == "7"
 
 
 @pytest.mark.parametrize("state", ["unknown", "revoked", "expired"])

@@ -206,6 +206,11 @@ class AccessChecker:
         self._realm = realm
         self._trust_forwarded_for = trust_forwarded_for
 
+    @property
+    def trusts_forwarded_for(self) -> bool:
+        """Whether ``AccessRequest.forwarded_for`` is read (else it may be left empty)."""
+        return self._trust_forwarded_for
+
     async def check(self, request: AccessRequest) -> AccessDecision:
         decision = await self._decide(request)
         self._stats.add("checks_allowed" if decision.allowed else "checks_denied")
@@ -267,13 +272,10 @@ class AccessChecker:
                 "the access token lacks a required scope",
                 scope=route.scopes,
             )
-        caller = Caller(
-            client_id=record.client_id,
-            scopes=record.scopes,
-            subject=record.subject,
-            token_digest=record.digest,
-        )
-        return AccessDecision(outcome=Outcome.ALLOWED, caller=caller)
+        # Positional (client_id, scopes, subject, token_digest; outcome, http_status,
+        # caller): keyword arguments cost twice as much, on every allowed Check.
+        caller = Caller(record.client_id, record.scopes, record.subject, record.digest)
+        return AccessDecision(Outcome.ALLOWED, 200, caller)
 
     def _uncounted(self, ip: str, route: RouteRequirements) -> bool:
         """Whether no Redis-counted limit applies to this request (so a cached token may

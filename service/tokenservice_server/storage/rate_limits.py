@@ -13,10 +13,10 @@ from redis.asyncio import Redis
 
 from tokenservice_server.domain.rate_limiting import ADMITTED, Admission, RateLimitPolicy
 from tokenservice_server.domain.token_cache import TokenCache
-from tokenservice_server.domain.tokens import TokenKind, TokenRecord
+from tokenservice_server.domain.tokens import TokenRecord
 from tokenservice_server.storage import keys
 from tokenservice_server.storage.scripts import ScriptRegistry
-from tokenservice_server.storage.token_store import decode_token
+from tokenservice_server.storage.token_store import decode_fields
 
 __all__ = ["RedisAccessCheckStore", "RedisRateLimitStore", "RedisStatsStore"]
 
@@ -82,16 +82,14 @@ class RedisAccessCheckStore:
                 keys.AUTH_ROOT,
             ],
         )
-        verdict, wait_us, limited_by, fields = int(reply[0]), reply[1], reply[2], reply[3:]
+        verdict = int(reply[0])
         if verdict < 0:
-            return None, _refused(wait_us, _text(limited_by))
+            return None, _refused(reply[1], _text(reply[2]))
         if verdict == 0:
             return None, ADMITTED
-        raw = dict(zip(fields[::2], fields[1::2], strict=True))
-        client_limit = float(raw.pop(b"~rl", b"0") or 0)
-        record = decode_token(digest, raw, TokenKind.ACCESS)
+        record = decode_fields(digest, reply[3:12])
         if cache is not None:
-            cache.put(record, client_limit, epoch)
+            cache.put(record, float(reply[12] or 0), epoch)
         return record, ADMITTED
 
 

@@ -10,8 +10,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import grpc
-import structlog
 
+from tokenservice_server import log_context
 from tokenservice_server.domain.audit import AuditEvent, AuditInStep, AuditTrail
 from tokenservice_server.domain.errors import DomainError
 from tokenservice_server.transport.caller_auth import optional_caller
@@ -85,7 +85,7 @@ async def _audit(
     if trail is None:
         return await body(None)
     caller = optional_caller()
-    request_id = structlog.contextvars.get_contextvars().get("request_id", "")
+    request_id = log_context.bound().get("request_id", "")
 
     def event(outcome: str, reason: str = "", **extra: Any) -> AuditEvent:
         return AuditEvent(

@@ -17,8 +17,8 @@ from dataclasses import dataclass, replace
 from typing import Any, cast
 
 import grpc
-import structlog
 
+from tokenservice_server import log_context
 from tokenservice_server.domain import scopes
 from tokenservice_server.domain.authentication import BearerAuthenticator
 from tokenservice_server.domain.errors import PermissionDenied, Unauthenticated
@@ -133,7 +133,7 @@ class CallerAuthInterceptor(grpc.aio.ServerInterceptor):
                 identity = current_peer_identity()
                 if identity:
                     caller = replace(caller, peer_identity=identity)
-                structlog.contextvars.bind_contextvars(client_id=caller.client_id)
+                log_context.bind(client_id=caller.client_id)
                 if policy.scope is not None and not caller.has_scope(policy.scope):
                     raise PermissionDenied(f"this RPC requires scope {policy.scope}")
             token = _caller.set(caller)

@@ -19,11 +19,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
-import structlog
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError as RedisResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from tokenservice_server import log_context
 from tokenservice_server.domain.errors import BackendUnavailable, DomainError
 from tokenservice_server.logging import enabled_for, get_logger
 from tokenservice_server.metrics import ServerMetrics
@@ -190,8 +190,7 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
         method_metrics = self._method_metrics
 
         def scope(grpc_type: str) -> _RpcScope:
-            structlog.contextvars.clear_contextvars()
-            structlog.contextvars.bind_contextvars(request_id=request_id)
+            log_context.start_rpc(request_id)
             return _RpcScope(method_metrics(grpc_type, method), method, request_id)
 
         if handler.unary_unary is not None:

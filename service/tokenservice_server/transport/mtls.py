@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-import structlog
+
+from tokenservice_server import log_context
 
 __all__ = ["ClientIdentityInterceptor", "PeerIdentity", "current_peer_identity", "peer_identity"]
 
@@ -75,7 +76,7 @@ class ClientIdentityInterceptor(grpc.aio.ServerInterceptor):
 
     async def _admit(self, context: grpc.aio.ServicerContext[Any, Any]) -> contextvars.Token[str]:
         identity = peer_identity(context)
-        structlog.contextvars.bind_contextvars(peer_identity=identity.name)
+        log_context.bind(peer_identity=identity.name)
         if self._allowed and not identity.matches(self._allowed):
             await context.abort(
                 grpc.StatusCode.PERMISSION_DENIED, "client certificate identity not allowed"

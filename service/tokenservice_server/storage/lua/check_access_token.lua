@@ -7,11 +7,12 @@
 --       [4] per route and client (each 0: unlimited), [5] route key ('' for none),
 --       [6] the key root 'auth:'
 -- Returns: {verdict, microseconds until a retry can be allowed, refusing bucket
---          ('ip', 'client' or 'route'), then the token hash as field, value, ...}:
---          verdict 1 a live token, admitted (fields follow); 0 no live token (unknown,
---          expired or revoked); -1 rate limited. A live token's fields end with the
---          pseudo-field '~rl', the client's own rate limit (0 for none), for the
---          hot-token cache to know whether a cached check may skip Redis.
+--          ('ip', 'client' or 'route')}, and for a live token the values of its fields
+--          c s i e j u a n f in this order ('' for an absent one: the order of
+--          token_store.ACCESS_FIELDS), then the client's own rate limit (0 for none),
+--          for the hot-token cache to know whether a cached check may skip Redis:
+--          verdict 1 a live token, admitted; 0 no live token (unknown, expired or
+--          revoked); -1 rate limited.
 --
 -- The client's buckets depend on the token, so their keys ('auth:client:{id}',
 -- 'auth:rate_limit:client:{id}', 'auth:rate_limit:route:{route}:{id}') are derived
@@ -26,19 +27,11 @@ end
 local period_us = period_ms * 1000
 local now = gcra_now()
 
-local token = redis.call('HGETALL', KEYS[1])
-local live = #token > 0 and redis.call('EXISTS', KEYS[2]) == 0
-local client_id = nil
-if live then
-  for i = 1, #token, 2 do
-    if token[i] == 'c' then
-      client_id = token[i + 1]
-    elseif token[i] == 'e' and tonumber(token[i + 1]) * 1000000 <= now then
-      live = false
-    end
-  end
-  live = live and client_id ~= nil
-end
+local token = redis.call('HMGET', KEYS[1], 'c', 's', 'i', 'e', 'j', 'u', 'a', 'n', 'f')
+local client_id = token[1]
+local expires = tonumber(token[4])
+local live = client_id ~= false and expires ~= nil and expires * 1000000 > now
+  and redis.call('EXISTS', KEYS[2]) == 0
 
 local override = nil
 local buckets = { { KEYS[3], tonumber(ARGV[2]) or 0, period_us, 'ip' } }
@@ -65,9 +58,8 @@ if not live then
   return { 0, 0, '' }
 end
 local reply = { 1, 0, '' }
-for i = 1, #token do
-  reply[3 + i] = token[i]
+for i = 1, 9 do
+  reply[3 + i] = token[i] or ''
 end
-reply[#reply + 1] = '~rl'
-reply[#reply + 1] = tostring(override or 0)
+reply[13] = tostring(override or 0)
 return reply
