@@ -293,3 +293,46 @@ async def test_a_family_revoked_in_a_script_leaves_this_replicas_cache_at_once(
             await flow.revoke(client, issued.refresh_token)
         assert digest(issued.access_token) not in cache._entries
         assert not await flow.active(issued.access_token)
+
+
+async def _list_clients(edge: Edge, token: str) -> grpc.StatusCode:
+    stub = client_registry_pb2_grpc.ClientRegistryStub(edge.channel)
+    try:
+        await stub.ListClients(
+            client_registry_pb2.ListClientsRequest(),
+            metadata=[("authorization", f"Bearer {token}")],
+            timeout=5,
+        )
+    except grpc.aio.AioRpcError as error:
+        return error.code()
+    return grpc.StatusCode.OK
+
+
+async def test_a_hot_callers_token_is_resolved_without_a_lookup_and_still_refused(
+    replicas: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Caller authentication resolves a hot token in the interceptor (no handler wrapper,
+    # no lookup): the scope check, revocation and the caller's identity still hold there.
+    a, b = await replicas(count=2)
+    _, reader = await a.token("read")
+    assert await _list_clients(a, a.admin_token) == grpc.StatusCode.OK  # cached now
+    assert await _list_clients(a, reader) == grpc.StatusCode.PERMISSION_DENIED
+
+    with recording_round_trips(monkeypatch) as recorder, recorder.measure() as trips:
+        assert await _list_clients(a, a.admin_token) == grpc.StatusCode.OK
+        assert await _list_clients(a, reader) == grpc.StatusCode.PERMISSION_DENIED
+    lookups = [trip for trip in trips if "hgetall" in trip]
+    assert lookups == []  # both callers came from the hot-token cache
+    assert digest(reader) in _cache(a)._entries
+
+    # Revoked through the other replica: this one refuses the hot token at once.
+    await token_service_pb2_grpc.TokenServiceStub(b.channel).RevokeToken(
+        pb.RevokeTokenRequest(token=a.admin_token),
+        metadata=[("authorization", f"Bearer {b.admin_token}")],
+        timeout=5,
+    )
+    await eventually(lambda: _refused_unauthenticated(a, a.admin_token), timeout=1, interval=0.001)
+
+
+async def _refused_unauthenticated(edge: Edge, token: str) -> bool:
+    return await _list_clients(edge, token) == grpc.StatusCode.UNAUTHENTICATED

@@ -182,15 +182,17 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
         ],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        # The RPC's log fields start here: the interceptors after this one and the
+        # handler run in the RPC's own task, and may add to them.
+        request_id = _request_id(handler_call_details.invocation_metadata)
+        log_context.start_rpc(request_id)
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
         method = handler_call_details.method
-        request_id = _request_id(handler_call_details.invocation_metadata)
         method_metrics = self._method_metrics
 
         def scope(grpc_type: str) -> _RpcScope:
-            log_context.start_rpc(request_id)
             return _RpcScope(method_metrics(grpc_type, method), method, request_id)
 
         if handler.unary_unary is not None:
