@@ -9,8 +9,8 @@ Here a child is a plain value: ``inc`` adds to an attribute, ``observe`` bisects
 bucket bounds (C) and adds to one count. That relies on one rule: **children are updated
 from the event loop's thread only** (every RPC, Redis command and health probe runs
 there). Any thread may scrape: the registry's collection copies the children first
-(``list(dict.items())`` is atomic under the GIL), and a scrape that races an update sees
-the value before or after it.
+(``dict.copy()``, one C call under the GIL), and a scrape that races an update sees the
+value before or after it.
 
 The exposition is the same as prometheus_client's for the same definition (names, help,
 label names, ``le`` bounds, ``_total``/``_bucket``/``_count``/``_sum``; no ``_created``
@@ -112,7 +112,9 @@ class _Family(Generic[_C]):
         return self._children[()]
 
     def _snapshot(self) -> list[tuple[tuple[str, ...], _C]]:
-        return list(self._children.items())
+        # dict.copy() copies the table in one C call, allocating nothing per item (so no
+        # garbage collection, whose finalizers could let the loop's thread run, midway).
+        return list(self._children.copy().items())
 
     def describe(self) -> Iterable[Metric]:
         return [self._family()]

@@ -61,17 +61,21 @@ def validate_namespace(namespace: str) -> str:
 
 def authorize(caller: Caller, namespace: str, *needed: Access) -> None:
     """Raise PermissionDenied unless ``caller`` holds every ``needed`` access to ``namespace``."""
+    missing = _missing_scope(caller.scopes, namespace, needed)
+    if missing:
+        raise PermissionDenied(f"this call needs scope {missing}", field="namespace")
+
+
+@functools.lru_cache(maxsize=4096)
+def _missing_scope(granted: frozenset[str], namespace: str, needed: tuple[Access, ...]) -> str:
+    """The first scope of ``needed`` that ``granted`` lacks ('' if none): an access is
+    granted by the namespace's own scope or the any-namespace one. Answered once per
+    set of scopes, namespace and access (every cache RPC asks; a token's scopes repeat)."""
     for access in needed:
-        scope, any_namespace = _scopes_for(namespace, access)
-        if not (caller.has_scope(scope) or caller.has_scope(any_namespace)):
-            raise PermissionDenied(f"this call needs scope {scope}", field="namespace")
-
-
-@functools.lru_cache(maxsize=1024)
-def _scopes_for(namespace: str, access: Access) -> tuple[str, str]:
-    """The scopes granting ``access`` to ``namespace``: its own, and the any-namespace
-    one (formatted once per namespace: every cache RPC asks)."""
-    return f"cache:{namespace}:{access}", f"cache:*:{access}"
+        scope = f"cache:{namespace}:{access}"
+        if scope not in granted and f"cache:*:{access}" not in granted:
+            return scope
+    return ""
 
 
 def validate_key(key: str, limits: CacheLimits, *, field: str = "key") -> str:

@@ -30,26 +30,10 @@ class TokenLookup:
         hit = cache.get(digest) if cache is not None else None
         return hit.record if hit is not None else None
 
-    async def find(self, wanted: list[tuple[TokenKind, str]]) -> list[TokenRecord | None]:
-        """The live, unrevoked record of each (kind, digest), in order; None if unknown."""
-        found: list[TokenRecord | None] = [None] * len(wanted)
-        cache = self._cache
-        missing: list[int] = []
-        for index, (kind, digest) in enumerate(wanted):
-            hit = cache.get(digest) if cache is not None and kind is TokenKind.ACCESS else None
-            if hit is None:
-                missing.append(index)
-            else:
-                found[index] = hit.record
-        if missing:
-            looked_up = await self.look_up([wanted[index] for index in missing])
-            for index, record in zip(missing, looked_up, strict=True):
-                found[index] = record
-        return found
-
     async def look_up(self, wanted: list[tuple[TokenKind, str]]) -> list[TokenRecord | None]:
-        """Like :meth:`find`, without asking the cache first (its misses, known already):
-        one round trip; the live access tokens found are cached."""
+        """The live, unrevoked record of each (kind, digest), in order, None if unknown,
+        from Redis (the cache's misses): one round trip; the live access tokens found are
+        cached."""
         cache = self._cache
         epoch = cache.epoch if cache is not None else 0
         found = await self._tokens.find_tokens(wanted)

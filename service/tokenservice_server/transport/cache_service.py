@@ -65,18 +65,24 @@ class CacheServiceServicer:
             self._metrics.cache_evictions.labels(namespace=namespace).inc(evicted)
 
     async def GetValue(self, request: pb.GetValueRequest, context: Context) -> pb.GetValueResponse:
+        namespace = request.namespace
         read = await self._cache.get(
             current_caller(),
-            request.namespace,
+            namespace,
             request.key,
             lock_if_missing=request.lock_if_missing,
             lease_ttl_seconds=request.lease_ttl_seconds,
         )
-        self._count(request.namespace, "hit" if read.lookup.found else "miss")
+        lookup = read.lookup
+        self._requests(namespace, "hit" if lookup.found else "miss").inc()
+        if read.lease_status is LeaseStatus.NONE:  # the usual read: no lease fields
+            return pb.GetValueResponse(
+                found=lookup.found, value=lookup.value, remaining_ttl_seconds=lookup.remaining_ttl
+            )
         return pb.GetValueResponse(
-            found=read.lookup.found,
-            value=read.lookup.value,
-            remaining_ttl_seconds=read.lookup.remaining_ttl,
+            found=lookup.found,
+            value=lookup.value,
+            remaining_ttl_seconds=lookup.remaining_ttl,
             lease_status=_LEASE_STATUS[read.lease_status],
             lease_token=read.lease_token,
         )
