@@ -13,9 +13,13 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import ResponseError
 
 from tests.harness.redis_servers import RedisProcess
-from tokenservice_server.domain.tokens import TokenRecord
+from tokenservice_server.domain.tokens import TokenKind, TokenRecord
 from tokenservice_server.storage.scripts import ScriptRegistry
-from tokenservice_server.storage.token_store import decode_fields, encode_access_token
+from tokenservice_server.storage.token_store import (
+    RedisTokenStore,
+    decode_fields,
+    encode_access_token,
+)
 
 CLIENT = "auth:client:svc"
 BUCKET = "auth:rate_limit:issue_client:svc"
@@ -234,3 +238,49 @@ async def test_check_route_bucket_is_per_client_and_route(
 
     assert codes == [1, 1, -1]
     assert other_route[0] == 1
+
+
+# -- lookup_tokens.lua (the token store's lookups) --------------------------------------------
+
+
+async def test_token_lookups_return_each_record_in_order_or_none(valkey: RedisProcess) -> None:
+    redis = Redis.from_url(valkey.url)  # bytes, as the service's auth client
+    store = RedisTokenStore(redis, ScriptRegistry(redis))
+    now = int(time.time())
+    access = TokenRecord(
+        digest="a1",
+        client_id="svc",
+        scopes=frozenset({"read"}),
+        issued_at=now,
+        expires_at=now + 900,
+        jti="jti-1",
+        subject="alice",
+        audiences=("api",),
+        session_id="s1",
+        family_id="f1",
+    )
+    fields = encode_access_token(access)
+    record = dict(zip(fields[::2], fields[1::2], strict=True))
+    await redis.hset("auth:access_token:a1", mapping=record)
+    await redis.hset("auth:access_token:b2", mapping=record)
+    await redis.set("auth:blacklist:b2", "1")  # revoked, its record still there
+    await redis.hset(
+        "auth:refresh_token:r3",
+        mapping={"c": "svc", "s": "read", "i": now, "e": now + 900, "f": "f1", "st": "rotated"},
+    )
+    try:
+        wanted = [
+            (TokenKind.REFRESH, "r3"),
+            (TokenKind.ACCESS, "unknown"),
+            (TokenKind.ACCESS, "b2"),
+            (TokenKind.ACCESS, "a1"),
+        ]
+        refresh, unknown, revoked, live = await store.find_tokens(wanted)
+    finally:
+        await redis.aclose()
+
+    assert (unknown, revoked) == (None, None)
+    assert live == access
+    assert refresh is not None
+    assert (refresh.kind, refresh.rotated, refresh.family_id) == (TokenKind.REFRESH, True, "f1")
+    assert (refresh.subject, refresh.audiences, refresh.scopes) == ("", (), frozenset({"read"}))

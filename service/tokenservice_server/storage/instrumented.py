@@ -31,7 +31,6 @@ __all__ = [
     "CommandObserver",
     "FailoverObservingPool",
     "InstrumentedRedis",
-    "batch",
     "error_kind",
 ]
 
@@ -154,39 +153,6 @@ class InstrumentedRedis(Redis):
         )
         pipe.observer = self.observer
         return pipe
-
-
-async def batch(redis: Redis, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
-    """``commands`` in one round trip, their replies in order, parsed as redis-py parses
-    them (an error reply raises): a non-transactional pipeline, without building a
-    ``Pipeline`` for it when every command may go to the shared connection (the
-    lookups of caller authentication and introspection). Timed as one PIPELINE."""
-    shared: SharedConnection | None = getattr(redis.connection_pool, "shared", None)
-    if (
-        not isinstance(redis, InstrumentedRedis)
-        or shared is None
-        or redis.connection is not None
-        or not all(_shareable(command, {}) for command in commands)
-    ):
-        async with redis.pipeline(transaction=False) as pipe:
-            for command in commands:
-                pipe.execute_command(*command)
-            return await pipe.execute()
-    observer = redis.observer
-    started = time.perf_counter()
-    try:
-        replies = await shared.call_many(commands)
-        parsed = await _parsed_all(redis, [(command, {}) for command in commands], replies)
-        for reply in parsed:
-            if isinstance(reply, ResponseError):
-                raise reply  # as a pipeline raises its first error
-    except Exception as error:
-        if observer is not None:
-            observer.failed("PIPELINE", error, time.perf_counter() - started)
-        raise
-    if observer is not None:
-        observer.observe("PIPELINE", time.perf_counter() - started)
-    return parsed
 
 
 def _shareable(args: tuple[Any, ...], options: Mapping[str, Any]) -> bool:

@@ -18,7 +18,6 @@ from tokenservice_server.domain.token_cache import TokenCache, family_key, token
 from tokenservice_server.domain.tokens import TokenKind, TokenRecord, derived_jti
 from tokenservice_server.storage import keys
 from tokenservice_server.storage.audit_store import audit_in_step_args
-from tokenservice_server.storage.instrumented import batch
 from tokenservice_server.storage.revocation_feed import index_attribute
 from tokenservice_server.storage.scripts import ScriptRegistry
 from tokenservice_server.storage.token_limits import limited, token_limit_args, token_limit_keys
@@ -169,23 +168,21 @@ class RedisTokenStore:
         return found[0]
 
     async def find_tokens(self, wanted: list[tuple[TokenKind, str]]) -> list[TokenRecord | None]:
-        """Several lookups in one pipelined round trip (e.g. the caller's token and the
-        token being introspected).
-
-        Revocation deletes the record and leaves a blacklist marker; checking both keeps a
-        token revoked even if a stale replica or a restored backup still held its record.
-        """
-        commands: list[tuple[str, str]] = []
+        """Several lookups in one round trip (e.g. the caller's token and the token being
+        introspected): ``lookup_tokens.lua`` reads each record's fields in a fixed order
+        and its blacklist marker (a revoked token stays revoked even where a stale replica
+        or a restored backup still held its record)."""
+        token_keys: list[str] = []
         for kind, digest in wanted:
-            commands += (
-                ("HGETALL", _RECORD_KEY[kind](digest)),
-                ("EXISTS", keys.blacklist_key(digest)),
-            )
-        replies = await batch(self._redis, commands)
+            token_keys += (_RECORD_KEY[kind](digest), keys.blacklist_key(digest))
+        reply = await self._scripts.call("lookup_tokens", keys=token_keys, args=())
         found: list[TokenRecord | None] = []
         for index, (kind, digest) in enumerate(wanted):
-            raw, blacklisted = replies[2 * index], replies[2 * index + 1]
-            found.append(decode_token(digest, raw, kind) if raw and not blacklisted else None)
+            values = reply[10 * index : 10 * index + 10]
+            if values[0]:
+                found.append(decode_fields(digest, values[:9], kind, values[9] == b"rotated"))
+            else:
+                found.append(None)
         return found
 
     async def revoke_token(self, client_id: str, kind: TokenKind, digest: str) -> int:
