@@ -100,6 +100,9 @@ class SecretHasher:
     def __init__(self, pepper: bytes, previous: Sequence[bytes] = ()) -> None:
         self._pepper = pepper
         self._previous = tuple(previous)
+        # Keyed once per pepper; each hash copies the keyed state (the key schedule is
+        # most of an HMAC of a short secret: 2.5 -> 1.7 us).
+        self._keyed = {key: hmac.new(key, digestmod=hashlib.sha256) for key in (pepper, *previous)}
         #: Called with (client_id, stored hash, secret) when a secret verified under a
         #: previous pepper; the composition root sets it to an opportunistic re-hash.
         self.on_outdated: Callable[[str, str, str], None] | None = None
@@ -110,8 +113,9 @@ class SecretHasher:
         return bool(self._previous)
 
     def _hash_with(self, pepper: bytes, secret: str) -> str:
-        mac = hmac.new(pepper, secret.encode("utf-8"), hashlib.sha256).hexdigest()
-        return self._PREFIX + mac
+        mac = self._keyed[pepper].copy()
+        mac.update(secret.encode("utf-8"))
+        return self._PREFIX + mac.hexdigest()
 
     def hash(self, secret: str) -> str:
         return self._hash_with(self._pepper, secret)

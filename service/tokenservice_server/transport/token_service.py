@@ -96,6 +96,14 @@ def _session(session: Session) -> pb.Session:
 
 
 def _token_response(issued: IssuedTokens) -> pb.IssueTokenResponse:
+    if not (issued.refresh_token or issued.family_id or issued.session_id):
+        # client_credentials: no refresh token, grant or session fields to set.
+        return pb.IssueTokenResponse(
+            access_token=issued.access_token,
+            token_type="Bearer",
+            expires_in=issued.expires_in,
+            scope=format_scope(issued.scopes),
+        )
     return pb.IssueTokenResponse(
         access_token=issued.access_token,
         token_type="Bearer",

