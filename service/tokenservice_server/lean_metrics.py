@@ -78,7 +78,7 @@ class _Family(Generic[_C]):
         if not self.labelnames:
             self._children[()] = self._new_child()
         if registry is not None:
-            registry.register(self)  # type: ignore[arg-type]
+            registry.register(self)
 
     def _new_child(self) -> _C:
         raise NotImplementedError
@@ -119,7 +119,16 @@ class _Family(Generic[_C]):
     def describe(self) -> Iterable[Metric]:
         return [self._family()]
 
+    def collect(self) -> Iterable[Metric]:
+        family = self._family()
+        for values, child in self._snapshot():
+            self._add(family, list(values), child)
+        return [family]
+
     def _family(self) -> Metric:
+        raise NotImplementedError
+
+    def _add(self, family: Metric, values: list[str], child: _C) -> None:
         raise NotImplementedError
 
 
@@ -136,11 +145,9 @@ class LeanCounter(_Family[CounterChild]):
     def _family(self) -> CounterMetricFamily:
         return CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
 
-    def collect(self) -> Iterable[Metric]:
-        family = self._family()
-        for values, child in self._snapshot():
-            family.add_metric(list(values), child.value)
-        return [family]
+    def _add(self, family: Metric, values: list[str], child: CounterChild) -> None:
+        assert isinstance(family, CounterMetricFamily)
+        family.add_metric(values, child.value)
 
 
 class LeanHistogram(_Family[HistogramChild]):
@@ -173,13 +180,11 @@ class LeanHistogram(_Family[HistogramChild]):
     def _family(self) -> HistogramMetricFamily:
         return HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
 
-    def collect(self) -> Iterable[Metric]:
-        family = self._family()
-        for values, child in self._snapshot():
-            counts, total = list(child.counts), child.sum
-            cumulative, buckets = 0, []
-            for le, count in zip(self._le, counts, strict=True):
-                cumulative += count
-                buckets.append((le, float(cumulative)))
-            family.add_metric(list(values), buckets, total)
-        return [family]
+    def _add(self, family: Metric, values: list[str], child: HistogramChild) -> None:
+        assert isinstance(family, HistogramMetricFamily)
+        counts, total = list(child.counts), child.sum
+        cumulative, buckets = 0, []
+        for le, count in zip(self._le, counts, strict=True):
+            cumulative += count
+            buckets.append((le, float(cumulative)))
+        family.add_metric(values, buckets, total)

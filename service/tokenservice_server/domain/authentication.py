@@ -13,6 +13,7 @@ from tokenservice_server.domain.credentials import (
     is_well_formed,
 )
 from tokenservice_server.domain.errors import (
+    DomainError,
     InvalidClient,
     InvalidToken,
     Unauthenticated,
@@ -86,31 +87,29 @@ class BearerAuthenticator:
         self._lookup = lookup
         self._clock = clock
 
-    async def resolve(self, authorization: str | None) -> Caller:
-        token = bearer_token(authorization)
-        hashed = digest(token)
-        # A cache hit is a token this service issued (its SHA-256 is a cached live
-        # token's), so well-formed by construction: the checksum is verified on misses,
-        # where a malformed token is rejected without touching Redis.
-        record = self._lookup.cached(hashed)
-        if record is None:
-            if not is_well_formed(token, CredentialKind.ACCESS_TOKEN):
-                raise InvalidToken("the access token is malformed")
-            (record,) = await self._lookup.look_up([(TokenKind.ACCESS, hashed)])
-        if record is None or record.expires_at <= self._clock():
-            raise InvalidToken("the access token is invalid, expired or revoked")
-        return _caller_of(record)
-
     def cached_caller(self, authorization: str) -> Caller | None:
         """The caller of a hot token (a live one in the hot-token cache) without waiting
         for anything; None for any other value, which :meth:`resolve` then resolves or
-        refuses."""
-        scheme, _, token = authorization.strip().partition(" ")
-        if scheme.lower() != "bearer":
+        refuses. A cache hit is a token this service issued (its SHA-256 is a cached
+        live token's), so well-formed by construction: no checksum here."""
+        try:
+            token = bearer_token(authorization)
+        except DomainError:
             return None
-        record = self._lookup.cached(digest(token.strip()))
+        record = self._lookup.cached(digest(token))
         if record is None or record.expires_at <= self._clock():
             return None
+        return _caller_of(record)
+
+    async def resolve(self, authorization: str | None) -> Caller:
+        """The caller of a token :meth:`cached_caller` did not answer: refused without
+        Redis if malformed, else looked up (one round trip)."""
+        token = bearer_token(authorization)
+        if not is_well_formed(token, CredentialKind.ACCESS_TOKEN):
+            raise InvalidToken("the access token is malformed")
+        (record,) = await self._lookup.look_up([(TokenKind.ACCESS, digest(token))])
+        if record is None or record.expires_at <= self._clock():
+            raise InvalidToken("the access token is invalid, expired or revoked")
         return _caller_of(record)
 
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import inspect
 import time
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Protocol, TypeVar
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
@@ -38,6 +38,8 @@ __all__ = [
 #: that sends odd command names cannot grow the label set without bound.
 MAX_COMMAND_LABELS = 64
 
+_T = TypeVar("_T")
+
 
 class CommandObserver(Protocol):
     def observe(self, command: str, seconds: float) -> None: ...
@@ -56,6 +58,18 @@ def error_kind(error: Exception) -> str:
     if isinstance(error, ResponseError):
         return "response"
     return "other"
+
+
+async def _observed(observer: CommandObserver, name: str, call: Awaitable[_T]) -> _T:
+    """``call``'s result, its latency (or failure) reported to ``observer`` as ``name``."""
+    started = time.perf_counter()
+    try:
+        result = await call
+    except Exception as error:
+        observer.failed(name, error, time.perf_counter() - started)
+        raise
+    observer.observe(name, time.perf_counter() - started)
+    return result
 
 
 def _command_name(args: tuple[Any, ...]) -> str:
@@ -78,14 +92,7 @@ class InstrumentedRedis(Redis):
         observer = self.observer
         if observer is None:
             return await self._execute(args, options)
-        started = time.perf_counter()
-        try:
-            result = await self._execute(args, options)
-        except Exception as error:
-            observer.failed(_command_name(args), error, time.perf_counter() - started)
-            raise
-        observer.observe(_command_name(args), time.perf_counter() - started)
-        return result
+        return await _observed(observer, _command_name(args), self._execute(args, options))
 
     async def _execute(self, args: tuple[Any, ...], options: dict[str, Any]) -> Any:
         """redis-py's ``execute_command`` for a pooled client, less its per-call
@@ -138,14 +145,7 @@ class InstrumentedRedis(Redis):
         observer = self.observer
         if observer is None:
             return await shared.call(command)
-        started = time.perf_counter()
-        try:
-            reply = await shared.call(command)
-        except Exception as error:
-            observer.failed("EVALSHA", error, time.perf_counter() - started)
-            raise
-        observer.observe("EVALSHA", time.perf_counter() - started)
-        return reply
+        return await _observed(observer, "EVALSHA", shared.call(command))
 
     def pipeline(self, transaction: bool = True, shard_hint: str | None = None) -> Pipeline:
         pipe = InstrumentedPipeline(
@@ -198,14 +198,7 @@ class InstrumentedPipeline(Pipeline):
         if observer is None or not self.command_stack:
             return await self._execute(raise_on_error)
         name = "MULTI" if self.is_transaction or self.explicit_transaction else "PIPELINE"
-        started = time.perf_counter()
-        try:
-            result = await self._execute(raise_on_error)
-        except Exception as error:
-            observer.failed(name, error, time.perf_counter() - started)
-            raise
-        observer.observe(name, time.perf_counter() - started)
-        return result
+        return await _observed(observer, name, self._execute(raise_on_error))
 
     async def _execute(self, raise_on_error: bool) -> list[Any]:
         shared: SharedConnection | None = getattr(self.connection_pool, "shared", None)

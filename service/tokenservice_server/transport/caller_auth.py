@@ -144,18 +144,20 @@ class CallerAuthInterceptor(grpc.aio.ServerInterceptor):
             # Only unary RPCs carry caller credentials in this API; fail closed.
             return handler if policy is PUBLIC else _deny_streaming(handler)
         authenticator = self._authenticator
-        if authorization is not None:
-            caller = authenticator.cached_caller(authorization)
-            if caller is not None and (policy.scope is None or caller.has_scope(policy.scope)):
-                _caller.set(caller)
-                log_context.bind(client_id=caller.client_id)
-                return handler
+        hot = authenticator.cached_caller(authorization) if authorization is not None else None
+        if hot is not None and (policy.scope is None or hot.has_scope(policy.scope)):
+            _caller.set(hot)
+            log_context.bind(client_id=hot.client_id)
+            return handler
         behavior: Any = handler.unary_unary
 
         async def authorized(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            caller = None
-            if authorization is not None or policy.needs_caller:
+            # A hot caller short of the scope is known already (refused below); any
+            # other token is resolved here, under the caller's deadline.
+            caller = hot
+            if caller is None and (authorization is not None or policy.needs_caller):
                 caller = await authenticator.resolve(authorization)
+            if caller is not None:
                 log_context.bind(client_id=caller.client_id)
                 if policy.scope is not None and not caller.has_scope(policy.scope):
                     raise PermissionDenied(f"this RPC requires scope {policy.scope}")
