@@ -20,7 +20,7 @@ import grpc
 from envoy.service.auth.v3 import external_auth_pb2
 from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from tokenservice.v1 import cache_service_pb2, client_registry_pb2, token_service_pb2
 from tokenservice_server.config import (
@@ -42,6 +42,7 @@ from tokenservice_server.transport.ext_authz import AuthorizationServicer
 from tokenservice_server.transport.health import HealthMonitor
 from tokenservice_server.transport.interceptors import ObservabilityInterceptor
 from tokenservice_server.transport.mtls import ClientIdentityInterceptor
+from tokenservice_server.transport.registration import GenericRegistration
 from tokenservice_server.transport.server_tls import server_credentials
 from tokenservice_server.transport.token_service import TokenServiceServicer
 from tokenservice_server.transport.unimplemented import service_handler
@@ -217,14 +218,19 @@ class Application:
                 metrics=self.metrics,
                 interval=settings.health_interval,
             )
-            health_pb2_grpc.add_HealthServicer_to_server(self._health.servicer, server)
-            reflection.enable_server_reflection(
-                [
-                    *(service.full_name for service in SERVICES),
-                    health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                    reflection.SERVICE_NAME,
-                ],
-                server,
+            # Generic handlers only (transport/registration.py: registered methods made
+            # every RPC slower); reflection as enable_server_reflection sets it up.
+            generic = GenericRegistration(server)
+            health_pb2_grpc.add_HealthServicer_to_server(self._health.servicer, generic)
+            reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+                reflection.aio.ReflectionServicer(
+                    [
+                        *(service.full_name for service in SERVICES),
+                        health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                        reflection.SERVICE_NAME,
+                    ]
+                ),
+                generic,
             )
             host, port = parse_host_port(settings.listen)
             address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

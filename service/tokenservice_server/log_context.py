@@ -17,7 +17,7 @@ from collections.abc import Mapping, MutableMapping
 from contextvars import ContextVar
 from typing import Any
 
-__all__ = ["bind", "bound", "merge", "start_rpc"]
+__all__ = ["bind", "bound", "fields", "merge", "start_rpc"]
 
 _fields: ContextVar[dict[str, Any] | None] = ContextVar("log_fields", default=None)
 
@@ -34,6 +34,16 @@ def bind(**fields: Any) -> None:
         _fields.set(fields)
     else:
         current.update(fields)
+
+
+def fields() -> dict[str, Any]:
+    """The running RPC's fields, to add to in place (cheaper than :func:`bind` on a hot
+    path: no keyword dict); a new one is started if there is none."""
+    current = _fields.get()
+    if current is None:
+        current = {}
+        _fields.set(current)
+    return current
 
 
 def bound() -> Mapping[str, Any]:

@@ -39,10 +39,10 @@ from tokenservice_server.domain.bearer_challenge import (
 )
 from tokenservice_server.domain.credentials import CredentialKind, digest, is_well_formed
 from tokenservice_server.domain.errors import InvalidRequest
-from tokenservice_server.domain.rate_limiting import ADMITTED, RateLimitPolicy
+from tokenservice_server.domain.rate_limiting import RateLimitPolicy
 from tokenservice_server.domain.stats_buffer import StatsBuffer
-from tokenservice_server.domain.token_cache import TokenCache
-from tokenservice_server.domain.tokens import Caller
+from tokenservice_server.domain.token_cache import TokenCache, caller_of
+from tokenservice_server.domain.tokens import Caller, TokenRecord
 from tokenservice_server.domain.value_object import value_object
 
 if TYPE_CHECKING:
@@ -207,52 +207,72 @@ class AccessChecker:
         self._trust_forwarded_for = trust_forwarded_for
 
     @property
+    def counts_by_address(self) -> bool:
+        """Whether the request's addresses are read at all: only the per-IP limit counts
+        by them, so without it ``source_address`` and ``forwarded_for`` may be left empty
+        (reading Envoy's nested address field costs every Check)."""
+        return self._policy.per_ip > 0
+
+    @property
     def trusts_forwarded_for(self) -> bool:
         """Whether ``AccessRequest.forwarded_for`` is read (else it may be left empty)."""
         return self._trust_forwarded_for
 
     async def check(self, request: AccessRequest) -> AccessDecision:
-        decision = await self._decide(request)
-        self._stats.add("checks_allowed" if decision.allowed else "checks_denied")
-        return decision
-
-    async def _decide(self, request: AccessRequest) -> AccessDecision:
+        # One coroutine, not two: a hot token's Check awaits nothing.
         token = _bearer(request.authorization)
         if token is None:
-            return self._deny(Outcome.MISSING_CREDENTIALS, None)
-        route = request.route
-        ip = client_ip(
-            request.source_address,
-            request.forwarded_for,
-            trust_forwarded_for=self._trust_forwarded_for,
-        )
-        hashed = digest(token)
-        record = None
-        if self._cache is not None and self._uncounted(ip, route):
-            # A hit is a token this service issued (its SHA-256 is a cached live token's),
-            # so well-formed by construction: the checksum is verified on misses only.
-            cached = self._cache.get(hashed)
-            if cached is not None and cached.client_rate_limit <= 0:
-                record, admission = cached.record, ADMITTED
-        if record is None:
-            if not is_well_formed(token, CredentialKind.ACCESS_TOKEN):
-                return self._deny(
+            decision = self._deny(Outcome.MISSING_CREDENTIALS, None)
+        else:
+            route = request.route
+            ip = (
+                client_ip(
+                    request.source_address,
+                    request.forwarded_for,
+                    trust_forwarded_for=self._trust_forwarded_for,
+                )
+                if self._policy.per_ip
+                else ""  # no bucket counts by it
+            )
+            hashed = digest(token)
+            hit = None
+            if self._cache is not None and self._uncounted(ip, route):
+                # A hit is a token this service issued (its SHA-256 is a cached live
+                # token's), so well-formed by construction: the checksum is verified on
+                # misses only.
+                hit = self._cache.get(hashed)
+            if hit is not None and hit.client_rate_limit <= 0:
+                decision = self._judge(hit.record, route, hit.caller)
+            elif not is_well_formed(token, CredentialKind.ACCESS_TOKEN):
+                decision = self._deny(
                     Outcome.INVALID_TOKEN,
                     BearerError.INVALID_TOKEN,
                     "the access token is malformed",
                 )
-            # The store caches what it finds live (with the client's own limit).
-            record, admission = await self._store.resolve_and_admit(
-                hashed, client_ip=ip, route_key=route.rate_limit_key, policy=self._policy
-            )
-        if not admission.allowed:
-            return AccessDecision(
-                outcome=Outcome.RATE_LIMITED,
-                http_status=429,
-                description="too many requests",
-                retry_after=admission.retry_after,
-                limited_by=admission.limited_by,
-            )
+            else:
+                # The store caches what it finds live (with the client's own limit).
+                record, admission = await self._store.resolve_and_admit(
+                    hashed, client_ip=ip, route_key=route.rate_limit_key, policy=self._policy
+                )
+                if admission.allowed:
+                    decision = self._judge(record, route, None)
+                else:
+                    decision = AccessDecision(
+                        outcome=Outcome.RATE_LIMITED,
+                        http_status=429,
+                        description="too many requests",
+                        retry_after=admission.retry_after,
+                        limited_by=admission.limited_by,
+                    )
+        allowed = decision.outcome is Outcome.ALLOWED
+        self._stats.add("checks_allowed" if allowed else "checks_denied")
+        return decision
+
+    def _judge(
+        self, record: TokenRecord | None, route: RouteRequirements, caller: Caller | None
+    ) -> AccessDecision:
+        """The answer for an admitted request bearing ``record``'s token (None: unknown
+        or revoked), as ``caller`` when the hot-token cache made it already."""
         if record is None or record.expires_at <= self._clock():
             return self._deny(
                 Outcome.INVALID_TOKEN,
@@ -272,10 +292,8 @@ class AccessChecker:
                 "the access token lacks a required scope",
                 scope=route.scopes,
             )
-        # Positional (client_id, scopes, subject, token_digest; outcome, http_status,
-        # caller): keyword arguments cost twice as much, on every allowed Check.
-        caller = Caller(record.client_id, record.scopes, record.subject, record.digest)
-        return AccessDecision(Outcome.ALLOWED, 200, caller)
+        # Positional (outcome, http_status, caller): keywords cost more on every Check.
+        return AccessDecision(Outcome.ALLOWED, 200, caller or caller_of(record))
 
     def _uncounted(self, ip: str, route: RouteRequirements) -> bool:
         """Whether no Redis-counted limit applies to this request (so a cached token may

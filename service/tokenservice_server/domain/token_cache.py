@@ -25,10 +25,17 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 
-from tokenservice_server.domain.tokens import TokenRecord
+from tokenservice_server.domain.tokens import Caller, TokenRecord
 from tokenservice_server.domain.value_object import value_object
 
-__all__ = ["CachedToken", "TokenCache", "attribute_keys", "family_key", "token_key"]
+__all__ = [
+    "CachedToken",
+    "TokenCache",
+    "attribute_keys",
+    "caller_of",
+    "family_key",
+    "token_key",
+]
 
 
 @value_object
@@ -36,6 +43,13 @@ class CachedToken:
     record: TokenRecord
     client_rate_limit: float  # the client's own Check limit (0: none), from the lookup
     stored_at: float
+    caller: Caller  # the token's caller, made once here rather than on every hit
+
+
+def caller_of(record: TokenRecord) -> Caller:
+    """The caller a token's bearer is: its client, scopes and subject."""
+    # Positional (client_id, scopes, subject, token_digest): keywords cost twice as much.
+    return Caller(record.client_id, record.scopes, record.subject, record.digest)
 
 
 def token_key(digest: str) -> str:
@@ -123,7 +137,9 @@ class TokenCache:
         digest = record.digest
         if digest in self._entries:
             self._drop(digest)
-        self._entries[digest] = CachedToken(record, client_rate_limit, self._clock())
+        self._entries[digest] = CachedToken(
+            record, client_rate_limit, self._clock(), caller_of(record)
+        )
         for key in attribute_keys(record):
             self._by_key.setdefault(key, set()).add(digest)
         while len(self._entries) > self._max:

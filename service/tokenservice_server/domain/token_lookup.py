@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 
 from tokenservice_server.domain.ports import TokenStore
-from tokenservice_server.domain.token_cache import TokenCache
+from tokenservice_server.domain.token_cache import CachedToken, TokenCache
 from tokenservice_server.domain.tokens import TokenKind, TokenRecord
 
 __all__ = ["TokenLookup"]
@@ -26,9 +26,13 @@ class TokenLookup:
     def cached(self, digest: str) -> TokenRecord | None:
         """The hot-token cache's record of a live access token, None on a miss (the
         caller then looks it up with :meth:`look_up`)."""
-        cache = self._cache
-        hit = cache.get(digest) if cache is not None else None
+        hit = self.cached_entry(digest)
         return hit.record if hit is not None else None
+
+    def cached_entry(self, digest: str) -> CachedToken | None:
+        """The hot-token cache's entry of a live access token (its record and caller)."""
+        cache = self._cache
+        return cache.get(digest) if cache is not None else None
 
     async def look_up(self, wanted: list[tuple[TokenKind, str]]) -> list[TokenRecord | None]:
         """The live, unrevoked record of each (kind, digest), in order, None if unknown,

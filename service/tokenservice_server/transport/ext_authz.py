@@ -122,24 +122,32 @@ class AuthorizationServicer:
     ) -> external_auth_pb2.CheckResponse:
         attributes = request.attributes
         headers = _headers(attributes.request.http)
+        checker = self._checker
+        # The addresses only where a per-IP limit counts by them (x-forwarded-for only
+        # where it is also trusted): each nested field read costs every Check.
+        if checker.counts_by_address:
+            source = attributes.source.address.socket_address.address
+            forwarded = headers.get("x-forwarded-for", "") if checker.trusts_forwarded_for else ""
+        else:
+            source = forwarded = ""
         # Positional (authorization, source_address, forwarded_for, route): keywords cost
-        # more on every Check. x-forwarded-for is read only where it is trusted.
+        # more on every Check.
         access = AccessRequest(
             headers.get("authorization"),
-            attributes.source.address.socket_address.address,
-            headers.get("x-forwarded-for", "") if self._checker.trusts_forwarded_for else "",
+            source,
+            forwarded,
             route_requirements(attributes.context_extensions),
         )
-        decision = await self._checker.check(access)
+        decision = await checker.check(access)
         outcome = decision.outcome
         self._results[outcome].inc()
         if decision.limited_by:
             self._rate_limited(decision.limited_by).inc()
         caller = decision.caller
+        fields = log_context.fields()
+        fields["check_result"] = _RESULT[outcome]
         if caller is not None:
-            log_context.bind(check_result=_RESULT[outcome], client_id=caller.client_id)
-        else:
-            log_context.bind(check_result=_RESULT[outcome])
+            fields["client_id"] = caller.client_id
         return self._response(decision)
 
     def _response(self, decision: AccessDecision) -> external_auth_pb2.CheckResponse:
