@@ -25,7 +25,14 @@ from tokenservice_server.domain.errors import PermissionDenied, Unauthenticated
 from tokenservice_server.domain.tokens import Caller
 from tokenservice_server.transport.mtls import current_peer_identity
 
-__all__ = ["CallerAuthInterceptor", "Policy", "current_caller", "optional_caller", "policy_for"]
+__all__ = [
+    "CallerAuthInterceptor",
+    "Policy",
+    "authorization_metadata",
+    "current_caller",
+    "optional_caller",
+    "policy_for",
+]
 
 _PROTECTED_PACKAGE = "/tokenservice.v1."
 
@@ -100,7 +107,8 @@ def optional_caller() -> Caller | None:
     return caller
 
 
-def _authorization(metadata: Any) -> str | None:
+def authorization_metadata(metadata: Any) -> str | None:
+    """The ``authorization`` value of an RPC's metadata, None if absent."""
     for key, value in metadata or ():
         if key == "authorization":
             return str(value)
@@ -137,7 +145,7 @@ class CallerAuthInterceptor(grpc.aio.ServerInterceptor):
             policy = self._policies[method] = policy_for(method)
         if not policy.reads_bearer:
             return handler
-        authorization = _authorization(handler_call_details.invocation_metadata)
+        authorization = authorization_metadata(handler_call_details.invocation_metadata)
         if not policy.needs_caller and authorization is None:
             return handler
         if handler.unary_unary is None:
