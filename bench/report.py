@@ -1,9 +1,11 @@
 """The table: every figure, its ratio to the baseline of the same run, and the target.
 
-A scenario with a throughput target is also measured against a baseline window run just
-before it on the same server process ('paired'): the target's verdict uses that ratio,
-because this machine's speed drifts within minutes (the run's first and last baselines
-differ by up to 12%)."""
+A scenario with a throughput target is also measured interleaved with the baseline on the
+same server process ('inter'): the load alternates between the two calls in B S S B ...
+segments and the ratio is the scenario's calls over the baseline's in that one window.
+The target's verdict uses it, because this machine's speed drifts by 10-35% within
+minutes, too much for two windows run one after the other; 'pairs' is the lowest and
+highest ratio of the window's adjacent B/S pairs (its spread)."""
 
 from __future__ import annotations
 
@@ -20,8 +22,16 @@ def _verdict(ok: bool | None) -> str:
     return "" if ok is None else ("met" if ok else "NOT met")
 
 
+def _phases(entry: dict[str, Any]) -> list[dict[str, Any]]:
+    """The scenario's windows: closed loop, open loops and the interleaved one if any."""
+    phases = [entry["closed"], *entry["open"].values()]
+    if "interleaved" in entry:
+        phases.append(entry["interleaved"])
+    return phases
+
+
 def _first_error(entry: dict[str, Any]) -> str:
-    for phase in [entry["closed"], *entry["open"].values()]:
+    for phase in _phases(entry):
         if phase["error_sample"]:
             return str(phase["error_sample"][0])
     return "?"
@@ -35,11 +45,12 @@ def print_table(results: dict[str, Any]) -> None:
     base_p50 = {k: scenarios["baseline"]["open"][k]["p50"] for k in scenarios["baseline"]["open"]}
     print(
         f"\nbaseline (Health/Check): {start['throughput']:.0f} rps at start, "
-        f"{end['throughput']:.0f} at end; 'ratio' uses the mean {base:.0f}, 'paired' the "
-        "baseline measured just before the scenario on its server (the target's verdict)"
+        f"{end['throughput']:.0f} at end; 'ratio' uses the mean {base:.0f}; 'inter' (the "
+        "target's verdict) is the scenario over the baseline alternating with it in "
+        "B S S B segments on its server, 'pairs' the range of the adjacent B/S pairs' ratios"
     )
     header = (
-        f"{'scenario':<14}{'rps':>7}{'ratio':>7}{'paired':>7}{'target':>8}{'':>9}"
+        f"{'scenario':<14}{'rps':>7}{'ratio':>7}{'inter':>7}{'pairs':>11}{'target':>8}{'':>9}"
         f"{'RTT/rpc':>8}{'':>9}{'cpu ms/1k':>10}{'ratio':>6}"
         f"   p50/p90/p99 ms at 25% | 50% | 75% of its peak (p50 ratio at 50%)"
     )
@@ -49,9 +60,16 @@ def print_table(results: dict[str, Any]) -> None:
         closed = entry["closed"]
         target = SCENARIOS[name.removesuffix("_end")].target
         ratio = closed["throughput"] / base if base else None
-        paired_base = entry.get("paired_baseline", {}).get("throughput")
-        paired = closed["throughput"] / paired_base if paired_base else None
-        ratio_ok = None if target.ratio is None or paired is None else paired >= target.ratio
+        inter = entry.get("interleaved", {})
+        inter_ratio = inter.get("ratio")
+        pairs = (
+            f"{inter['pair_min']:.2f}-{inter['pair_max']:.2f}"
+            if inter.get("pair_min") is not None
+            else ""
+        )
+        ratio_ok = (
+            None if target.ratio is None or inter_ratio is None else inter_ratio >= target.ratio
+        )
         trips = closed["round_trips_per_rpc"]
         trips_ok = (
             None
@@ -64,15 +82,27 @@ def print_table(results: dict[str, Any]) -> None:
         )
         mid = entry["open"].get("50%", {}).get("p50")
         p50_ratio = mid / base_p50["50%"] if mid and base_p50.get("50%") else None
-        errors = sum([closed["errors"], *(o["errors"] for o in entry["open"].values())])
+        errors = sum(phase["errors"] for phase in _phases(entry))
         print(
             f"{name:<14}{closed['throughput']:>7.0f}{_fmt(ratio):>7}"
-            f"{_fmt(paired) if paired else '':>7}"
+            f"{_fmt(inter_ratio) if inter_ratio else '':>7}{pairs:>11}"
             f"{_fmt(target.ratio, '>=.2f') if target.ratio else '':>8}{_verdict(ratio_ok):>9}"
             f"{_fmt(trips):>8}{_verdict(trips_ok):>9}{_fmt(cpu, '.0f'):>10}"
             f"{_fmt(cpu / base_cpu if cpu else None):>6}   {lat} ({_fmt(p50_ratio)})"
             + (f"  ERRORS {errors}: {_first_error(entry)}" if errors else "")
         )
+    interleaved = {n: e["interleaved"] for n, e in scenarios.items() if "interleaved" in e}
+    if interleaved:
+        first = next(iter(interleaved.values()))
+        print(
+            f"\ninterleaved windows ({first['order']}, {first['segment']:g} s segments): "
+            "rps of the baseline / the scenario, ratio of each B/S pair"
+        )
+        for name, inter in interleaved.items():
+            print(
+                f"  {name:<18}{inter['baseline_rps']:>6.0f} /{inter['scenario_rps']:>6.0f}   "
+                + " ".join(_fmt(r) for r in inter["pair_ratios"])
+            )
     rss0, rss1 = results.get("server_rss_start"), results.get("server_rss_end")
     if rss0 and rss1:
         print(f"\nserver RSS: {rss0 / 2**20:.1f} MiB at start, {rss1 / 2**20:.1f} MiB at end")

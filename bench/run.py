@@ -1,4 +1,10 @@
-"""Orchestration: start the stack, run every scenario, print the table, write the JSON."""
+"""Orchestration: start the stack, run every scenario, print the table, write the JSON.
+
+A scenario with a throughput target gets, besides its own windows, an interleaved window
+(Bench.interleaved): the load processes alternate between the baseline's call and the
+scenario's in ABBA segments on one channel and server process, and the ratio of the two
+sums is the target's verdict (the machine's speed drifts too much for two separate
+windows to compare)."""
 
 from __future__ import annotations
 
@@ -18,7 +24,7 @@ from typing import Any
 import grpc
 
 from bench import http_load
-from bench.load import Job, LoadPool
+from bench.load import Job, LoadPool, interleaved_figures, segment_count
 from bench.procstat import sample
 from bench.report import print_table
 from bench.scenarios import HAS_TOKEN_CACHE, SCENARIOS, Fixture, check_request
@@ -54,11 +60,20 @@ class Settings:
     workers: int = 2
     concurrency: int = 25  # per load process
     closed_seconds: float = 4.0
+    #: the closed-loop window of a scenario measured interleaved (its verdict comes from
+    #: the interleaved window; this one gives its peak, CPU, round trips and latency loads)
+    targeted_seconds: float = 3.0
     open_seconds: float = 2.5
     warmup: float = 0.7
     loads: tuple[float, ...] = (0.25, 0.50, 0.75)
     memory_tokens: int = 20_000
-    paired_seconds: float = 2.0  # the baseline window just before each targeted scenario
+    #: the interleaved window (baseline and scenario alternating) of each scenario with a
+    #: throughput target; rounded to whole B S S B blocks of ``segment_seconds`` (0: none)
+    interleaved_seconds: float = 6.0
+    segment_seconds: float = 0.5
+    #: the start of each segment not counted: the previous kind's calls drain (at 50 in
+    #: flight and a few thousand calls a second, a call takes 10-20 ms)
+    settle_seconds: float = 0.1
     soak_seconds: float = 20.0
     soak_load: float = 0.70
     only: list[str] = field(default_factory=list)
@@ -197,21 +212,59 @@ class Bench:
             "results": [r for o in outcomes for r in o["results"]] if keep_results else [],
         }
 
+    def interleaved(self, name: str) -> dict[str, Any]:
+        """The baseline and scenario ``name`` alternating on its server, closed loop: each
+        load process makes both calls on its one channel, in segments B S S B B S S B ...
+        (``load.abba``) after the warmup; per segment the calls of its kind that complete
+        inside it, after its first ``settle_seconds``, count. The verdict's ratio is
+        sum(S) / sum(B) over the window (a linear drift of the machine's speed cancels);
+        ``pair_ratios`` (each adjacent B/S pair) shows the spread."""
+        assert self.pool is not None
+        s = self.settings
+        server = self.server(SCENARIOS[name].server)
+        segments = segment_count(s.interleaved_seconds, s.segment_seconds)
+        start = time.time() + 0.3
+        jobs = [
+            Job(
+                scenario=name,
+                data=self.data[name],
+                target=server.target,
+                worker=index,
+                workers=s.workers,
+                start=start,
+                warmup=s.warmup,
+                duration=segments * s.segment_seconds,
+                concurrency=s.concurrency,
+                alternate="baseline",
+                alternate_data=self.data["baseline"],
+                segment=s.segment_seconds,
+                settle=s.settle_seconds,
+            )
+            for index in range(s.workers)
+        ]
+        outcomes = self.pool.start(jobs).get(timeout=120 + segments * s.segment_seconds)
+        counts = [sum(column) for column in zip(*(o["segments"] for o in outcomes), strict=True)]
+        return {
+            **interleaved_figures(counts, s.segment_seconds, s.settle_seconds),
+            "seconds": segments * s.segment_seconds,
+            "segment_errors": [
+                sum(column) for column in zip(*(o["segment_errors"] for o in outcomes), strict=True)
+            ],
+            "errors": sum(o["errors"] for o in outcomes),
+            "error_sample": [e for o in outcomes for e in o["error_sample"]][:3],
+        }
+
     def scenario(self, name: str) -> dict[str, Any]:
         s = self.settings
         entry: dict[str, Any] = {"description": SCENARIOS[name].description}
-        if SCENARIOS[name].target.ratio is not None and s.paired_seconds:
-            # The baseline on the same server process, seconds before: the machine's speed
-            # drifts by 10% within minutes here, so the target's ratio is taken against it.
-            paired = self.phase(
-                "baseline",
-                concurrency=s.concurrency,
-                seconds=s.paired_seconds,
-                on=SCENARIOS[name].server,
-            )
-            paired.pop("results")
-            entry["paired_baseline"] = paired
-        peak = self.phase(name, concurrency=s.concurrency, seconds=s.closed_seconds)
+        seconds = s.closed_seconds
+        if SCENARIOS[name].target.ratio is not None and s.interleaved_seconds:
+            # The baseline and the scenario alternating on the same server process: the
+            # machine's speed drifts by 10-35% within minutes here, so the target's ratio
+            # is taken between the two within one window.
+            entry["interleaved"] = self.interleaved(name)
+            seconds = s.targeted_seconds
+        peak = self.phase(name, concurrency=s.concurrency, seconds=seconds)
         peak.pop("results")
         entry["closed"] = peak
         entry["open"] = {}
@@ -242,6 +295,8 @@ class Bench:
             seconds=600,
             max_calls=count,
             keep_results=True,
+            # the bench client's credentials, also when issue_cc itself is not run (--only)
+            data=self.data.get("issue_cc", self.data["_"]),
         )
         after = int(redis.info("memory")["used_memory"])
         after_keys = _memory_usage(redis)
@@ -410,12 +465,25 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=2, help="load-generator processes")
     parser.add_argument("--concurrency", type=int, default=25, help="calls in flight per process")
     parser.add_argument("--seconds", type=float, default=4.0, help="closed-loop window")
+    parser.add_argument(
+        "--targeted-seconds",
+        type=float,
+        default=3.0,
+        help="closed-loop window of a scenario measured interleaved",
+    )
     parser.add_argument("--open-seconds", type=float, default=2.5, help="each open-loop window")
     parser.add_argument(
-        "--paired-seconds",
+        "--interleaved-seconds",
         type=float,
-        default=2.0,
-        help="baseline window just before each scenario with a target (0: none)",
+        default=6.0,
+        help="window of baseline and scenario alternating, for each scenario with a "
+        "throughput target (whole B S S B blocks; 0: none)",
+    )
+    parser.add_argument(
+        "--segment-seconds",
+        type=float,
+        default=0.5,
+        help="each segment of the interleaved window",
     )
     parser.add_argument("--memory-tokens", type=int, default=20_000)
     parser.add_argument(
@@ -435,8 +503,10 @@ def main(argv: list[str] | None = None) -> int:
         workers=args.workers,
         concurrency=args.concurrency,
         closed_seconds=args.seconds,
+        targeted_seconds=args.targeted_seconds,
         open_seconds=args.open_seconds,
-        paired_seconds=args.paired_seconds,
+        interleaved_seconds=args.interleaved_seconds,
+        segment_seconds=args.segment_seconds,
         memory_tokens=args.memory_tokens,
         soak_seconds=args.soak,
         envoy=not args.no_envoy and not args.soak_only,
