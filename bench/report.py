@@ -115,10 +115,11 @@ def print_table(results: dict[str, Any]) -> None:
             if abs(size) >= 1
         )
         print(
-            f"Redis memory per live access token (MEMORY USAGE growth of every key over "
-            f"{memory['tokens']} tokens, index entries included): "
-            f"{memory['bytes_per_token']:.0f} B (target <= {memory['target_bytes']}: "
-            f"{_verdict(ok)}); the token key "
+            f"Redis memory per live access token (MEMORY USAGE of the token records and "
+            f"their indexes over the {memory.get('live_tokens', '?')} live tokens, after "
+            f"issuing {memory['tokens']}): {memory['bytes_per_token']:.0f} B (target <= "
+            f"{memory['target_bytes']}: {_verdict(ok)}); the batch's own growth per token "
+            f"{_fmt(memory.get('marginal_bytes_per_token'), '.0f')} B: the token key "
             f"{_fmt(memory['memory_usage_token_key_mean'], '.0f')} B, {indexes}; "
             f"used_memory delta {_fmt(memory.get('used_memory_per_token'), '.0f')} B"
         )
