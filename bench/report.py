@@ -103,6 +103,12 @@ def print_table(results: dict[str, Any]) -> None:
                 f"  {name:<18}{inter['baseline_rps']:>6.0f} /{inter['scenario_rps']:>6.0f}   "
                 + " ".join(_fmt(r) for r in inter["pair_ratios"])
             )
+    check = results.get("interleaved_self_check")
+    if check and check.get("ratio") is not None:
+        print(
+            f"  self-check: the baseline against itself reads {check['ratio']:.2f} (pairs "
+            f"{' '.join(_fmt(r) for r in check['pair_ratios'])}): the error band of 'inter'"
+        )
     rss0, rss1 = results.get("server_rss_start"), results.get("server_rss_end")
     if rss0 and rss1:
         print(f"\nserver RSS: {rss0 / 2**20:.1f} MiB at start, {rss1 / 2**20:.1f} MiB at end")

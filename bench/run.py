@@ -589,6 +589,12 @@ def run(bench: Bench, names: list[str], soak_only: bool) -> None:
         results["scenarios"][name] = bench.scenario(name)
     _step("baseline again (drift)")
     results["scenarios"]["baseline_end"] = bench.scenario("baseline")
+    if bench.settings.interleaved_seconds and not soak_only:
+        # The interleaved window with the baseline on both sides: what it reads for two
+        # identical calls (1.00 if the method and the machine were exact) is the error
+        # band of every 'inter' verdict of this run.
+        _step("interleaved self-check: the baseline against itself")
+        results["interleaved_self_check"] = bench.interleaved("baseline")
     if "revoke" not in names and not soak_only and bench.settings.memory_tokens:
         _step("memory per live access token")
         results["memory"], _ = bench.memory_per_token()
