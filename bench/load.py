@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import math
 import multiprocessing
+import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -274,9 +275,11 @@ def _describe(exc: Exception) -> str:
 class LoadPool:
     """``workers`` spawned processes, reused by every phase (spawning costs ~1 s each)."""
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, cpus: set[int] | None = None) -> None:
         self.workers = workers
-        self._pool = multiprocessing.get_context("spawn").Pool(workers)
+        self._pool = multiprocessing.get_context("spawn").Pool(
+            workers, initializer=_confine, initargs=(cpus,)
+        )
         self._pool.map(_warm, range(workers))
 
     def start(self, jobs: list[Job]) -> Any:
@@ -285,6 +288,12 @@ class LoadPool:
     def close(self) -> None:
         self._pool.terminate()
         self._pool.join()
+
+
+def _confine(cpus: set[int] | None) -> None:
+    """Each load process on ``cpus`` (None: anywhere), before it starts any thread."""
+    if cpus is not None:
+        os.sched_setaffinity(0, cpus)
 
 
 def _warm(_: int) -> None:

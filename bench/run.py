@@ -23,7 +23,7 @@ from typing import Any
 
 import grpc
 
-from bench import http_load
+from bench import http_load, stack
 from bench.load import Job, LoadPool, interleaved_figures, segment_count
 from bench.procstat import sample
 from bench.report import print_table
@@ -77,6 +77,8 @@ class Settings:
     soak_seconds: float = 20.0
     soak_load: float = 0.70
     only: list[str] = field(default_factory=list)
+    #: the servers on CPU 0, Valkey, Envoy and the load generators on the others
+    pin: bool = True
     envoy: bool = True
 
 
@@ -93,12 +95,13 @@ class Bench:
     # -- the stack ----------------------------------------------------------------------
 
     def start(self) -> None:
+        stack.place(self.settings.pin)
         self.valkey.start()
         main = Server(self.workdir, self.valkey, name="main", env=SERVERS["main"])
         main.init()
         main.start()
         self.servers["main"] = main
-        self.pool = LoadPool(self.settings.workers)
+        self.pool = LoadPool(self.settings.workers, stack.OTHER_CPUS)
 
     def server(self, name: str, env: dict[str, str] | None = None) -> Server:
         """The named server, started on first use (``SERVERS`` holds their settings)."""
@@ -507,6 +510,12 @@ def _parser() -> argparse.ArgumentParser:
         "--only", nargs="*", default=[], help=f"scenarios to run (of {', '.join(ORDER)})"
     )
     parser.add_argument("--no-envoy", action="store_true")
+    parser.add_argument(
+        "--no-pin",
+        action="store_true",
+        help="let the kernel place every process (default: the servers on CPU 0, the rest "
+        "on the other CPUs)",
+    )
     parser.add_argument("--soak-only", action="store_true", help="baseline, Check and the soak")
     return parser
 
@@ -524,6 +533,7 @@ def main(argv: list[str] | None = None) -> int:
         memory_tokens=args.memory_tokens,
         soak_seconds=args.soak,
         envoy=not args.no_envoy and not args.soak_only,
+        pin=not args.no_pin,
     )
     names = [name for name in (args.only or ORDER) if name in SCENARIOS]
     if args.soak_only:

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,31 @@ PEPPER = "bench-pepper-0123456789abcdef0123456789abcdef"  # pragma: allowlist se
 ADMIN_SECRET = "bench-admin-secret-0123456789abcdef0123456789"  # pragma: allowlist secret
 ADMIN_CLIENT_ID = "tokenservice-admin"
 _SETPRIV = shutil.which("setpriv")
+
+
+#: Where the bench's processes run (``place``): the servers on one core, everything else
+#: (Valkey, Envoy, the load generators) on the others. None: wherever the kernel puts them.
+SERVER_CPUS: set[int] | None = None
+OTHER_CPUS: set[int] | None = None
+
+
+def place(pinned: bool) -> None:
+    """Pin the servers to CPU 0 and the rest to the other CPUs (2 or more CPUs), so the
+    load generators and Valkey never take the server's core; or undo it."""
+    global SERVER_CPUS, OTHER_CPUS
+    cpus = sorted(os.sched_getaffinity(0))
+    if pinned and len(cpus) >= 2:
+        SERVER_CPUS, OTHER_CPUS = {cpus[0]}, set(cpus[1:])
+    else:
+        SERVER_CPUS = OTHER_CPUS = None
+
+
+def on_cpus(cpus: set[int] | None) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that confines the child (and every thread it starts) to ``cpus``."""
+    if cpus is None:
+        return None
+    chosen = set(cpus)
+    return lambda: os.sched_setaffinity(0, chosen)
 
 
 def _guarded(argv: Sequence[str]) -> list[str]:
@@ -84,7 +109,9 @@ class Valkey:
             "--maxmemory-policy", "noeviction",
         ]  # fmt: skip
         log = (self.workdir / "valkey.log").open("ab")
-        self.process = subprocess.Popen(_guarded(argv), stdout=log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            _guarded(argv), stdout=log, stderr=subprocess.STDOUT, preexec_fn=on_cpus(OTHER_CPUS)
+        )
         client = self.client()
         _wait(client.ping, timeout=20, what="valkey", process=self.process)
 
@@ -154,6 +181,7 @@ class Server:
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
+            preexec_fn=on_cpus(SERVER_CPUS),
         )
         _wait(self._ready, timeout=30, what=f"tokenservice {self.name}", process=self.process)
 
@@ -255,7 +283,9 @@ class Envoy:
             "--log-path", str(self.workdir / "envoy.log"),
         ]  # fmt: skip
         log = (self.workdir / "stdout.log").open("ab")
-        self.process = subprocess.Popen(_guarded(argv), stdout=log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            _guarded(argv), stdout=log, stderr=subprocess.STDOUT, preexec_fn=on_cpus(OTHER_CPUS)
+        )
         url = f"http://127.0.0.1:{self.admin_port}/ready"
 
         def ready() -> bool:
