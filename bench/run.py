@@ -152,6 +152,25 @@ class Bench:
 
     # -- one phase of load ----------------------------------------------------------------
 
+    def _jobs(
+        self, name: str, server: Server, start: float, seconds: float, **load: Any
+    ) -> list[Job]:
+        """One job per load process: ``name``'s calls to ``server`` from ``start``, for
+        ``seconds`` after the warmup, shaped by ``load`` (the other ``Job`` fields)."""
+        return [
+            Job(
+                scenario=name,
+                target=server.target,
+                worker=index,
+                workers=self.settings.workers,
+                start=start,
+                warmup=self.settings.warmup,
+                duration=seconds,
+                **load,
+            )
+            for index in range(self.settings.workers)
+        ]
+
     def phase(
         self,
         name: str,
@@ -170,23 +189,17 @@ class Bench:
         workers = self.settings.workers
         start = time.time() + 0.3
         warmup = self.settings.warmup
-        jobs = [
-            Job(
-                scenario=name,
-                data=self.data[name] if data is None else data,
-                target=server.target,
-                worker=index,
-                workers=workers,
-                start=start,
-                warmup=warmup,
-                duration=seconds,
-                concurrency=concurrency,
-                rate=rate / workers,
-                max_calls=max_calls // workers if max_calls else 0,
-                keep_results=keep_results,
-            )
-            for index in range(workers)
-        ]
+        jobs = self._jobs(
+            name,
+            server,
+            start,
+            seconds,
+            data=self.data[name] if data is None else data,
+            concurrency=concurrency,
+            rate=rate / workers,
+            max_calls=max_calls // workers if max_calls else 0,
+            keep_results=keep_results,
+        )
         pending = self.pool.start(jobs)
         time.sleep(max(0.0, start + warmup - time.time()))
         before, trips_before = sample(server.pid), server.redis_round_trips()
@@ -226,25 +239,18 @@ class Bench:
         s = self.settings
         server = self.server(SCENARIOS[name].server)
         segments = segment_count(s.interleaved_seconds, s.segment_seconds)
-        start = time.time() + 0.3
-        jobs = [
-            Job(
-                scenario=name,
-                data=self.data[name],
-                target=server.target,
-                worker=index,
-                workers=s.workers,
-                start=start,
-                warmup=s.warmup,
-                duration=segments * s.segment_seconds,
-                concurrency=s.concurrency,
-                alternate="baseline",
-                alternate_data=self.data["baseline"],
-                segment=s.segment_seconds,
-                settle=s.settle_seconds,
-            )
-            for index in range(s.workers)
-        ]
+        jobs = self._jobs(
+            name,
+            server,
+            time.time() + 0.3,
+            segments * s.segment_seconds,
+            data=self.data[name],
+            concurrency=s.concurrency,
+            alternate="baseline",
+            alternate_data=self.data["baseline"],
+            segment=s.segment_seconds,
+            settle=s.settle_seconds,
+        )
         outcomes = self.pool.start(jobs).get(timeout=120 + segments * s.segment_seconds)
         counts = [sum(column) for column in zip(*(o["segments"] for o in outcomes), strict=True)]
         return {

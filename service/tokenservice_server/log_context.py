@@ -27,13 +27,9 @@ def start_rpc(request_id: str) -> None:
     _fields.set({"request_id": request_id})
 
 
-def bind(**fields: Any) -> None:
-    """Add ``fields`` to every later log line of the running RPC (or task)."""
-    current = _fields.get()
-    if current is None:
-        _fields.set(fields)
-    else:
-        current.update(fields)
+def bind(**values: Any) -> None:
+    """Add ``values`` to every later log line of the running RPC (or task)."""
+    fields().update(values)
 
 
 def fields() -> dict[str, Any]:

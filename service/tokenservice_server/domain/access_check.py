@@ -41,8 +41,8 @@ from tokenservice_server.domain.credentials import CredentialKind, digest, is_we
 from tokenservice_server.domain.errors import InvalidRequest
 from tokenservice_server.domain.rate_limiting import RateLimitPolicy
 from tokenservice_server.domain.stats_buffer import StatsBuffer
-from tokenservice_server.domain.token_cache import TokenCache, caller_of
-from tokenservice_server.domain.tokens import Caller, TokenRecord
+from tokenservice_server.domain.token_cache import TokenCache
+from tokenservice_server.domain.tokens import Caller, TokenRecord, caller_of
 from tokenservice_server.domain.value_object import value_object
 
 if TYPE_CHECKING:
@@ -205,13 +205,14 @@ class AccessChecker:
         self._clock = clock
         self._realm = realm
         self._trust_forwarded_for = trust_forwarded_for
+        self._counts_by_address = policy.per_ip > 0
 
     @property
     def counts_by_address(self) -> bool:
         """Whether the request's addresses are read at all: only the per-IP limit counts
         by them, so without it ``source_address`` and ``forwarded_for`` may be left empty
         (reading Envoy's nested address field costs every Check)."""
-        return self._policy.per_ip > 0
+        return self._counts_by_address
 
     @property
     def trusts_forwarded_for(self) -> bool:
@@ -231,7 +232,7 @@ class AccessChecker:
                     request.forwarded_for,
                     trust_forwarded_for=self._trust_forwarded_for,
                 )
-                if self._policy.per_ip
+                if self._counts_by_address
                 else ""  # no bucket counts by it
             )
             hashed = digest(token)

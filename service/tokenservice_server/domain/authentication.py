@@ -19,9 +19,8 @@ from tokenservice_server.domain.errors import (
     Unauthenticated,
     UnauthorizedClient,
 )
-from tokenservice_server.domain.token_cache import caller_of
 from tokenservice_server.domain.token_lookup import TokenLookup
-from tokenservice_server.domain.tokens import Caller, TokenKind
+from tokenservice_server.domain.tokens import Caller, TokenKind, caller_of
 
 __all__ = ["BearerAuthenticator", "authenticate_client", "authenticate_for_grant", "bearer_token"]
 

@@ -25,17 +25,10 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 
-from tokenservice_server.domain.tokens import Caller, TokenRecord
+from tokenservice_server.domain.tokens import Caller, TokenRecord, caller_of
 from tokenservice_server.domain.value_object import value_object
 
-__all__ = [
-    "CachedToken",
-    "TokenCache",
-    "attribute_keys",
-    "caller_of",
-    "family_key",
-    "token_key",
-]
+__all__ = ["CachedToken", "TokenCache", "attribute_keys", "family_key", "token_key"]
 
 
 @value_object
@@ -44,12 +37,6 @@ class CachedToken:
     client_rate_limit: float  # the client's own Check limit (0: none), from the lookup
     stored_at: float
     caller: Caller  # the token's caller, made once here rather than on every hit
-
-
-def caller_of(record: TokenRecord) -> Caller:
-    """The caller a token's bearer is: its client, scopes and subject."""
-    # Positional (client_id, scopes, subject, token_digest): keywords cost twice as much.
-    return Caller(record.client_id, record.scopes, record.subject, record.digest)
 
 
 def token_key(digest: str) -> str:

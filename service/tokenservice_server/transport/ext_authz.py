@@ -101,6 +101,9 @@ class AuthorizationServicer:
         headers_to_remove: Sequence[str] = ("authorization",),
     ) -> None:
         self._checker = checker
+        # What Check reads of the request's addresses, decided once (the policy is fixed).
+        self._reads_source = checker.counts_by_address
+        self._reads_forwarded_for = checker.counts_by_address and checker.trusts_forwarded_for
         self._headers_to_remove = tuple(name.lower() for name in headers_to_remove)
         # Every result is exported from the start, at 0; children are looked up once
         # (labels() costs more than the increment on this path).
@@ -122,14 +125,10 @@ class AuthorizationServicer:
     ) -> external_auth_pb2.CheckResponse:
         attributes = request.attributes
         headers = _headers(attributes.request.http)
-        checker = self._checker
         # The addresses only where a per-IP limit counts by them (x-forwarded-for only
         # where it is also trusted): each nested field read costs every Check.
-        if checker.counts_by_address:
-            source = attributes.source.address.socket_address.address
-            forwarded = headers.get("x-forwarded-for", "") if checker.trusts_forwarded_for else ""
-        else:
-            source = forwarded = ""
+        source = attributes.source.address.socket_address.address if self._reads_source else ""
+        forwarded = headers.get("x-forwarded-for", "") if self._reads_forwarded_for else ""
         # Positional (authorization, source_address, forwarded_for, route): keywords cost
         # more on every Check.
         access = AccessRequest(
@@ -138,7 +137,7 @@ class AuthorizationServicer:
             forwarded,
             route_requirements(attributes.context_extensions),
         )
-        decision = await checker.check(access)
+        decision = await self._checker.check(access)
         outcome = decision.outcome
         self._results[outcome].inc()
         if decision.limited_by:
