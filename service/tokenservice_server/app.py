@@ -139,13 +139,10 @@ class Application:
             instrument_redis(self._redis, self.metrics)
             token_cache = None
             if settings.token_cache.enabled:
-                cache_metrics = TokenCacheMetrics(self.metrics.registry)
                 token_cache = TokenCache(
-                    settings.token_cache.max_entries,
-                    settings.token_cache.ttl,
-                    time.monotonic,
-                    on_lookup=cache_metrics.lookup,
+                    settings.token_cache.max_entries, settings.token_cache.ttl, time.monotonic
                 )
+                cache_metrics = TokenCacheMetrics(self.metrics.registry, token_cache)
                 self.revocation_feed = RevocationFeed(
                     self._redis.auth,
                     token_cache,

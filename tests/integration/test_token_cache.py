@@ -210,11 +210,22 @@ async def test_a_cached_check_makes_no_redis_round_trip(
     (a,) = await replicas(count=1)
     _, token = await _client_token(a)
     await _warm(a, token)  # one round trip (check_access_token.lua) fills the cache
+    hits, misses = _lookups(a, "hit"), _lookups(a, "miss")
     with recording_round_trips(monkeypatch) as recorder, recorder.measure() as cached:
         for _ in range(5):
             assert await _allowed(a, token)
 
     assert [trip for trip in cached if trip != ("ping",)] == []  # but the feed's keep-alive
+    assert (_lookups(a, "hit") - hits, _lookups(a, "miss") - misses) == (5, 0)
+
+
+def _lookups(edge: Edge, result: str) -> float:
+    """``tokenservice_token_cache_lookups_total{result=...}`` as ``edge`` exports it now."""
+    prefix = f'tokenservice_token_cache_lookups_total{{result="{result}"}} '
+    for line in edge.scrape().splitlines():
+        if line.startswith(prefix):
+            return float(line.removeprefix(prefix))
+    raise AssertionError(f"no {prefix.strip()} in the scrape")
 
 
 async def test_counted_limits_keep_one_round_trip(

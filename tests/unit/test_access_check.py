@@ -25,6 +25,7 @@ from tokenservice_server.domain.rate_limiting import (
     TokenEndpointThrottle,
 )
 from tokenservice_server.domain.stats_buffer import StatsBuffer
+from tokenservice_server.domain.token_cache import TokenCache
 from tokenservice_server.domain.tokens import TokenRecord
 
 NOW = 1_800_000_000.0
@@ -108,11 +109,18 @@ async def test_malformed_tokens_are_refused_by_checksum_alone(token: str) -> Non
     assert store.calls == []
 
 
-@pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER", "bEaReR"])
-async def test_the_scheme_is_case_insensitive(scheme: str) -> None:
+@pytest.mark.parametrize(
+    "authorization",
+    [
+        *(f"  {scheme}  {TOKEN} " for scheme in ("Bearer", "bearer", "BEARER", "bEaReR")),
+        f"Bearer {TOKEN}",
+        f"Bearer  {TOKEN} ",  # the usual spelling's shortcut strips the token too
+    ],
+)
+async def test_the_scheme_is_case_insensitive(authorization: str) -> None:
     store = FakeStore(record=_record())
 
-    decision = await _checker(store).check(AccessRequest(f"  {scheme}  {TOKEN} "))
+    decision = await _checker(store).check(AccessRequest(authorization))
 
     assert decision.allowed
     assert decision.caller is not None
@@ -144,6 +152,91 @@ async def test_token_and_route_decide(
     )
 
     assert (decision.outcome, decision.http_status) == (outcome, status)
+
+
+NO_LIMITS = RateLimitPolicy(per_ip=0, per_client=0, per_route=0)
+
+
+def _cached(record: TokenRecord, client_rate_limit: float = 0.0) -> TokenCache:
+    cache = TokenCache(10, 60.0, lambda: 0.0)
+    cache.set_up(True)
+    cache.put(record, client_rate_limit, cache.epoch)
+    return cache
+
+
+def _hot_checker(
+    cache: TokenCache | None, policy: RateLimitPolicy = NO_LIMITS, stats: StatsBuffer | None = None
+) -> AccessChecker:
+    store = FakeStore(record=_record())
+    sink = stats or StatsBuffer(FakeSink())
+    return AccessChecker(store, policy, sink, lambda: NOW, realm="orders", token_cache=cache)
+
+
+@pytest.mark.parametrize(
+    ("record", "route"),
+    [
+        (_record(expires_at=int(NOW)), RouteRequirements()),
+        (_record(), RouteRequirements(audience="billing")),
+        (_record(), RouteRequirements(audience="orders")),
+        (_record(), RouteRequirements(scopes=frozenset({"orders:read", "orders:write"}))),
+        (_record(), RouteRequirements(scopes=frozenset({"orders:read"}))),
+    ],
+)
+async def test_a_cached_token_is_decided_without_the_store_as_check_decides(
+    record: TokenRecord, route: RouteRequirements
+) -> None:
+    """``check_cached`` gives ``check``'s answer for a cached token, and counts it."""
+    sink = FakeSink()
+    stats = StatsBuffer(sink)
+    checker = _hot_checker(_cached(record), stats=stats)
+
+    hot = checker.check_cached(f"Bearer {TOKEN}", route)
+    await stats.flush()
+    expected = await _checker(FakeStore(record=record)).check(
+        AccessRequest(f"Bearer {TOKEN}", route=route)
+    )
+
+    assert hot is not None
+    assert (hot.outcome, hot.http_status, hot.challenge) == (
+        expected.outcome,
+        expected.http_status,
+        expected.challenge,
+    )
+    assert (hot.caller is None) == (expected.caller is None)
+    assert sink.written == [{"checks_allowed" if hot.allowed else "checks_denied": 1}]
+
+
+@pytest.mark.parametrize(
+    ("cache", "policy", "authorization"),
+    [
+        (None, NO_LIMITS, f"Bearer {TOKEN}"),  # no cache
+        (_cached(_record()), RateLimitPolicy(per_ip=0, per_route=0), f"Bearer {TOKEN}"),
+        (
+            _cached(_record()),
+            RateLimitPolicy(per_ip=10, per_client=0, per_route=0),
+            f"Bearer {TOKEN}",
+        ),
+        (_cached(_record(), client_rate_limit=5), NO_LIMITS, f"Bearer {TOKEN}"),  # own limit
+        (_cached(_record(digest=digest("other"))), NO_LIMITS, f"Bearer {TOKEN}"),  # not cached
+        (_cached(_record()), NO_LIMITS, None),
+        (_cached(_record()), NO_LIMITS, "Bearer "),
+        (_cached(_record()), NO_LIMITS, f"Basic {TOKEN}"),
+    ],
+)
+def test_the_cache_answers_alone_only_when_nothing_is_counted_in_redis(
+    cache: TokenCache | None, policy: RateLimitPolicy, authorization: str | None
+) -> None:
+    checker = _hot_checker(cache, policy)
+
+    assert checker.check_cached(authorization, RouteRequirements()) is None
+
+
+def test_a_bypassed_cache_answers_nothing() -> None:
+    cache = _cached(_record())
+    cache.set_up(False)
+
+    assert _hot_checker(cache).check_cached(f"Bearer {TOKEN}", RouteRequirements()) is None
+    assert (cache.hits, cache.misses) == (0, 1)
 
 
 async def test_insufficient_scope_names_the_required_scopes() -> None:

@@ -172,7 +172,11 @@ def client_ip(source_address: str, forwarded_for: str, *, trust_forwarded_for: b
 def _bearer(authorization: str | None) -> str | None:
     """The token of ``Bearer <token>`` (RFC 6750 section 2.1), '' if empty, None if the
     header is absent or names another scheme."""
-    scheme, _, token = (authorization or "").strip().partition(" ")
+    if authorization is None:
+        return None
+    if authorization.startswith("Bearer "):  # as clients write it: no split, no lower()
+        return authorization[7:].strip()
+    scheme, _, token = authorization.strip().partition(" ")
     if scheme.lower() != "bearer":
         return None
     return token.strip()
@@ -184,6 +188,10 @@ def _challenge(
 ) -> str:
     # Denials repeat (a flood of bad tokens is the same few answers): format each once.
     return bearer_challenge(realm, error, description=description, scope=scope)
+
+
+#: The ``auth_stats`` counter of a Check, by whether it was allowed.
+_COUNTED_AS = {True: "checks_allowed", False: "checks_denied"}
 
 
 class AccessChecker:
@@ -206,6 +214,10 @@ class AccessChecker:
         self._realm = realm
         self._trust_forwarded_for = trust_forwarded_for
         self._counts_by_address = policy.per_ip > 0
+        # No limit is counted in Redis at all: a cached token answers every Check alone.
+        self._never_counted = (
+            policy.per_ip == 0 and policy.per_client == 0 and (policy.per_route == 0)
+        )
 
     @property
     def counts_by_address(self) -> bool:
@@ -218,6 +230,28 @@ class AccessChecker:
     def trusts_forwarded_for(self) -> bool:
         """Whether ``AccessRequest.forwarded_for`` is read (else it may be left empty)."""
         return self._trust_forwarded_for
+
+    def check_cached(
+        self, authorization: str | None, route: RouteRequirements
+    ) -> AccessDecision | None:
+        """The decision for a hot token, from the hot-token cache alone and without
+        awaiting anything; None when the cache cannot answer (there is none, a limit is
+        counted in Redis, the token is not cached): :meth:`check` then decides.
+
+        Only under a policy that counts nothing in Redis (the per-IP, per-client and
+        per-route limits all 0), so the request's addresses are never needed here."""
+        cache = self._cache
+        if cache is None or not self._never_counted:
+            return None
+        token = _bearer(authorization)
+        if not token:
+            return None
+        hit = cache.get(digest(token))
+        if hit is None or hit.client_rate_limit > 0:
+            return None
+        decision = self._judge(hit.record, route, hit.caller)
+        self._stats.add(_COUNTED_AS[decision.outcome is Outcome.ALLOWED])
+        return decision
 
     async def check(self, request: AccessRequest) -> AccessDecision:
         # One coroutine, not two: a hot token's Check awaits nothing.
@@ -237,7 +271,7 @@ class AccessChecker:
             )
             hashed = digest(token)
             hit = None
-            if self._cache is not None and self._uncounted(ip, route):
+            if self._cache is not None and (self._never_counted or self._uncounted(ip, route)):
                 # A hit is a token this service issued (its SHA-256 is a cached live
                 # token's), so well-formed by construction: the checksum is verified on
                 # misses only.
@@ -265,8 +299,7 @@ class AccessChecker:
                         retry_after=admission.retry_after,
                         limited_by=admission.limited_by,
                     )
-        allowed = decision.outcome is Outcome.ALLOWED
-        self._stats.add("checks_allowed" if allowed else "checks_denied")
+        self._stats.add(_COUNTED_AS[decision.outcome is Outcome.ALLOWED])
         return decision
 
     def _judge(

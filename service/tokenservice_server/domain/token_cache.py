@@ -69,8 +69,6 @@ class TokenCache:
         max_entries: int,
         ttl: float,
         clock: Callable[[], float],
-        *,
-        on_lookup: Callable[[bool], None] | None = None,
     ) -> None:
         self._max = max_entries
         self._ttl = ttl
@@ -79,7 +77,10 @@ class TokenCache:
         self._by_key: dict[str, set[str]] = {}
         self._up = False
         self._epoch = 0
-        self._on_lookup = on_lookup
+        #: Lookups answered and not (a bypassed cache misses): plain counts, read by the
+        #: metrics at each scrape (a callback per lookup cost every hot Check).
+        self.hits = 0
+        self.misses = 0
 
     @property
     def up(self) -> bool:
@@ -105,17 +106,15 @@ class TokenCache:
         self._by_key.clear()
 
     def get(self, digest: str) -> CachedToken | None:
-        if not self._up:
-            return None
-        entry = self._entries.get(digest)
-        if entry is not None and self._clock() - entry.stored_at >= self._ttl:
-            self._drop(digest)
-            entry = None
+        entry = self._entries.get(digest) if self._up else None
         if entry is not None:
-            self._entries.move_to_end(digest)
-        if self._on_lookup is not None:
-            self._on_lookup(entry is not None)
-        return entry
+            if self._clock() - entry.stored_at < self._ttl:
+                self._entries.move_to_end(digest)
+                self.hits += 1
+                return entry
+            self._drop(digest)
+        self.misses += 1
+        return None
 
     def put(self, record: TokenRecord, client_rate_limit: float, epoch: int) -> None:
         """Cache a live token looked up when :attr:`epoch` was ``epoch``."""

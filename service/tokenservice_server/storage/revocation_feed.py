@@ -18,10 +18,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any, Final
 
 from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 from redis.asyncio import Redis
 
 from tokenservice_server.domain.token_cache import TokenCache
@@ -61,13 +63,8 @@ def index_attribute(index_key: str) -> list[str]:
 class TokenCacheMetrics:
     """The cache's metrics, on the server's registry."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.lookups = LeanCounter(
-            "tokenservice_token_cache_lookups",
-            "Hot-token cache lookups, by result (hit or miss; bypassed counts as miss)",
-            ["result"],
-            registry=registry,
-        )
+    def __init__(self, registry: CollectorRegistry, cache: TokenCache) -> None:
+        registry.register(_LookupCounts(cache))
         self.up = Gauge(
             "tokenservice_token_cache_invalidation_up",
             "1 while the revocation channel is subscribed and the hot-token cache is used",
@@ -78,11 +75,31 @@ class TokenCacheMetrics:
             "Revocation messages received on the invalidation channel",
             registry=registry,
         )
-        self._hit = self.lookups.labels("hit")
-        self._miss = self.lookups.labels("miss")
 
-    def lookup(self, hit: bool) -> None:
-        (self._hit if hit else self._miss).inc()
+
+class _LookupCounts(Collector):
+    """``tokenservice_token_cache_lookups_total{result}``, read from the cache's own counts
+    at each scrape (the scrape thread reads two ints the event loop's thread writes)."""
+
+    def __init__(self, cache: TokenCache) -> None:
+        self._cache = cache
+
+    def describe(self) -> Iterable[Metric]:
+        return [self._family()]
+
+    def collect(self) -> Iterable[Metric]:
+        family = self._family()
+        family.add_metric(["hit"], self._cache.hits)
+        family.add_metric(["miss"], self._cache.misses)
+        return [family]
+
+    @staticmethod
+    def _family() -> CounterMetricFamily:
+        return CounterMetricFamily(
+            "tokenservice_token_cache_lookups",
+            "Hot-token cache lookups, by result (hit or miss; bypassed counts as miss)",
+            labels=["result"],
+        )
 
 
 class RevocationFeed:

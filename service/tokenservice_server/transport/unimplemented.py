@@ -13,14 +13,24 @@ the parser's exception text and logs a traceback (docs/hostile-input.md).
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from google.protobuf.message import DecodeError
 from google.protobuf.message_factory import GetMessageClass
 
-__all__ = ["service_handler", "unimplemented_service"]
+__all__ = ["serialized_response", "service_handler", "unimplemented_service"]
+
+_T = TypeVar("_T")
+
+
+def serialized_response(method: _T) -> _T:
+    """Mark a servicer method that returns its response already serialized (``bytes``):
+    one whose answers repeat (ext_authz's Check) keeps them serialized instead of having
+    grpc serialize the same message on every call."""
+    method.__serialized_response__ = True  # type: ignore[attr-defined]
+    return method
 
 
 def _factory(method: MethodDescriptor) -> Any:
@@ -71,13 +81,15 @@ def _handler(method: MethodDescriptor, implementation: object | None) -> Any:
 
         behavior = reject
     parse = request_type.FromString
+    # grpc sends a response as it is when there is no serializer.
+    serialize = (
+        None
+        if getattr(behavior, "__serialized_response__", False)
+        else response_type.SerializeToString
+    )
     if not method.client_streaming and not method.server_streaming:
         behavior, parse = _refusing_malformed(behavior), _lenient(parse)
-    return _factory(method)(
-        behavior,
-        request_deserializer=parse,
-        response_serializer=response_type.SerializeToString,
-    )
+    return _factory(method)(behavior, request_deserializer=parse, response_serializer=serialize)
 
 
 def service_handler(
