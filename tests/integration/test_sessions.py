@@ -56,7 +56,8 @@ async def test_create_and_get_a_session(flow: Flow) -> None:
     # in milliseconds, so an expiry within the last millisecond of a second reads as the
     # next second here (int() of it flaked once in ~2,000 runs).
     score = flow.sync.zscore("auth_session_cleanup", session.session_id)
-    assert score == int(score) and expires - 1.001 < score <= expires
+    assert score == int(score)
+    assert expires - 1.001 < score <= expires
     got = await flow.tokens.GetSession(
         pb.GetSessionRequest(session_id=session.session_id), metadata=flow.admin_metadata
     )
