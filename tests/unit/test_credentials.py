@@ -9,6 +9,7 @@ import string
 
 import pytest
 
+from tokenservice_server.domain import credentials
 from tokenservice_server.domain.credentials import (
     CredentialKind,
     SecretHasher,
@@ -180,3 +181,37 @@ def test_hasher_accepts_previous_peppers_and_tells_which_hashes_are_current() ->
     assert reported == []
     new.check_current("c1", secret, stored)
     assert reported == [("c1", stored, secret)]
+
+
+def test_a_digest_found_well_formed_is_not_checked_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(credentials, "_WELL_FORMED", {})
+    checked: list[str] = []
+    real = credentials.is_well_formed
+
+    def counting(value: str, kind: CredentialKind) -> bool:
+        checked.append(value)
+        return real(value, kind)
+
+    monkeypatch.setattr(credentials, "is_well_formed", counting)
+    token = new_credential(CredentialKind.ACCESS_TOKEN)
+    bad = token[:-1] + ("1" if token.endswith("0") else "0")  # checksum off
+
+    answers = [
+        credentials.is_well_formed_known(value, CredentialKind.ACCESS_TOKEN, digest(value))
+        for value in (token, token, bad, bad)
+    ]
+    refresh = credentials.is_well_formed_known(token, CredentialKind.REFRESH_TOKEN, digest(token))
+
+    assert answers == [True, True, False, False]
+    assert refresh is False  # remembered for its own kind only
+    assert checked == [token, bad, bad, token]  # the malformed one is never remembered
+
+
+def test_the_well_formed_digests_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(credentials, "_WELL_FORMED", {})
+    monkeypatch.setattr(credentials, "_WELL_FORMED_MAX", 3)
+    for _ in range(5):
+        token = new_credential(CredentialKind.ACCESS_TOKEN)
+        assert credentials.is_well_formed_known(token, CredentialKind.ACCESS_TOKEN, digest(token))
+
+    assert len(credentials._WELL_FORMED) == 3

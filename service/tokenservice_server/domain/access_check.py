@@ -37,7 +37,7 @@ from tokenservice_server.domain.bearer_challenge import (
     bearer_challenge,
     http_status_for,
 )
-from tokenservice_server.domain.credentials import CredentialKind, digest, is_well_formed
+from tokenservice_server.domain.credentials import CredentialKind, digest, is_well_formed_known
 from tokenservice_server.domain.errors import InvalidRequest
 from tokenservice_server.domain.rate_limiting import RateLimitPolicy
 from tokenservice_server.domain.stats_buffer import StatsBuffer
@@ -278,7 +278,7 @@ class AccessChecker:
                 hit = self._cache.get(hashed)
             if hit is not None and hit.client_rate_limit <= 0:
                 decision = self._judge(hit.record, route, hit.caller)
-            elif not is_well_formed(token, CredentialKind.ACCESS_TOKEN):
+            elif not is_well_formed_known(token, CredentialKind.ACCESS_TOKEN, hashed):
                 decision = self._deny(
                     Outcome.INVALID_TOKEN,
                     BearerError.INVALID_TOKEN,

@@ -18,7 +18,12 @@ from collections.abc import Callable
 
 from tokenservice_server.domain import scopes
 from tokenservice_server.domain.authentication import bearer_token
-from tokenservice_server.domain.credentials import CredentialKind, digest, is_well_formed
+from tokenservice_server.domain.credentials import (
+    CredentialKind,
+    digest,
+    is_well_formed,
+    is_well_formed_known,
+)
 from tokenservice_server.domain.errors import InvalidRequest, InvalidToken
 from tokenservice_server.domain.stats_buffer import StatsBuffer
 from tokenservice_server.domain.token_lookup import TokenLookup
@@ -35,6 +40,15 @@ def token_kind(token: str) -> TokenKind | None:
     if is_well_formed(token, CredentialKind.ACCESS_TOKEN):
         return TokenKind.ACCESS
     if is_well_formed(token, CredentialKind.REFRESH_TOKEN):
+        return TokenKind.REFRESH
+    return None
+
+
+def _kind_of(token: str, hashed: str) -> TokenKind | None:
+    """:func:`token_kind`, remembered by the token's digest (``is_well_formed_known``)."""
+    if is_well_formed_known(token, CredentialKind.ACCESS_TOKEN, hashed):
+        return TokenKind.ACCESS
+    if is_well_formed_known(token, CredentialKind.REFRESH_TOKEN, hashed):
         return TokenKind.REFRESH
     return None
 
@@ -68,10 +82,12 @@ class Introspector:
         # The hot-token cache first: a hit is a token this service issued (well-formed by
         # construction); a miss is checked before it costs a lookup.
         caller = lookup.cached(hashed)
-        if caller is None and not is_well_formed(presented, CredentialKind.ACCESS_TOKEN):
+        if caller is None and not is_well_formed_known(
+            presented, CredentialKind.ACCESS_TOKEN, hashed
+        ):
             raise InvalidToken("the access token is malformed")
-        kind = token_kind(token)
-        target_digest = digest(token) if kind is not None else ""
+        target_digest = digest(token)
+        kind = _kind_of(token, target_digest)
         target = lookup.cached(target_digest) if kind is TokenKind.ACCESS else None
         # What the cache did not answer: one round trip for both.
         missing = [(TokenKind.ACCESS, hashed)] if caller is None else []
