@@ -218,6 +218,7 @@ async def test_a_cached_token_is_decided_without_the_store_as_check_decides(
         ),
         (_cached(_record(), client_rate_limit=5), NO_LIMITS, f"Bearer {TOKEN}"),  # own limit
         (_cached(_record(digest=digest("other"))), NO_LIMITS, f"Bearer {TOKEN}"),  # not cached
+        (None, NO_LIMITS, "Bearer tsat_short"),  # malformed, but no cache: check() says so
         (_cached(_record()), NO_LIMITS, None),
         (_cached(_record()), NO_LIMITS, "Bearer "),
         (_cached(_record()), NO_LIMITS, f"Basic {TOKEN}"),
@@ -229,6 +230,25 @@ def test_the_cache_answers_alone_only_when_nothing_is_counted_in_redis(
     checker = _hot_checker(cache, policy)
 
     assert checker.check_cached(authorization, RouteRequirements()) is None
+
+
+@pytest.mark.parametrize(
+    "token", ["tsat_short", TOKEN[:-1] + ("1" if TOKEN.endswith("0") else "0")]
+)
+def test_a_malformed_token_is_refused_without_the_store_as_check_refuses_it(token: str) -> None:
+    sink = FakeSink()
+    stats = StatsBuffer(sink)
+    checker = _hot_checker(_cached(_record()), stats=stats)
+
+    decision = checker.check_cached(f"Bearer {token}", RouteRequirements())
+
+    assert decision is not None
+    assert (decision.outcome, decision.http_status, decision.description) == (
+        Outcome.INVALID_TOKEN,
+        401,
+        "the access token is malformed",
+    )
+    assert stats.pending == {"checks_denied": 1}
 
 
 def test_a_bypassed_cache_answers_nothing() -> None:

@@ -235,8 +235,9 @@ class AccessChecker:
         self, authorization: str | None, route: RouteRequirements
     ) -> AccessDecision | None:
         """The decision for a hot token, from the hot-token cache alone and without
-        awaiting anything; None when the cache cannot answer (there is none, a limit is
-        counted in Redis, the token is not cached): :meth:`check` then decides.
+        awaiting anything (and the refusal of a malformed token); None when the cache
+        cannot answer (there is none, a limit is counted in Redis, a well-formed token is
+        not cached): :meth:`check` then decides.
 
         Only under a policy that counts nothing in Redis (the per-IP, per-client and
         per-route limits all 0), so the request's addresses are never needed here."""
@@ -246,10 +247,16 @@ class AccessChecker:
         token = _bearer(authorization)
         if not token:
             return None
-        hit = cache.get(digest(token))
-        if hit is None or hit.client_rate_limit > 0:
+        hashed = digest(token)
+        hit = cache.get(hashed)
+        if hit is None:
+            if is_well_formed_known(token, CredentialKind.ACCESS_TOKEN, hashed):
+                return None  # a lookup in Redis decides
+            decision = self._malformed()  # a flood of garbage costs no second parse
+        elif hit.client_rate_limit > 0:
             return None
-        decision = self._judge(hit.record, route, hit.caller)
+        else:
+            decision = self._judge(hit.record, route, hit.caller)
         self._stats.add(_COUNTED_AS[decision.outcome is Outcome.ALLOWED])
         return decision
 
@@ -279,11 +286,7 @@ class AccessChecker:
             if hit is not None and hit.client_rate_limit <= 0:
                 decision = self._judge(hit.record, route, hit.caller)
             elif not is_well_formed_known(token, CredentialKind.ACCESS_TOKEN, hashed):
-                decision = self._deny(
-                    Outcome.INVALID_TOKEN,
-                    BearerError.INVALID_TOKEN,
-                    "the access token is malformed",
-                )
+                decision = self._malformed()
             else:
                 # The store caches what it finds live (with the client's own limit).
                 record, admission = await self._store.resolve_and_admit(
@@ -328,6 +331,11 @@ class AccessChecker:
             )
         # Positional (outcome, http_status, caller): keywords cost more on every Check.
         return AccessDecision(Outcome.ALLOWED, 200, caller or caller_of(record))
+
+    def _malformed(self) -> AccessDecision:
+        return self._deny(
+            Outcome.INVALID_TOKEN, BearerError.INVALID_TOKEN, "the access token is malformed"
+        )
 
     def _uncounted(self, ip: str, route: RouteRequirements) -> bool:
         """Whether no Redis-counted limit applies to this request (so a cached token may
