@@ -216,7 +216,7 @@ class AccessChecker:
         self._counts_by_address = policy.per_ip > 0
         # No limit is counted in Redis at all: a cached token answers every Check alone.
         self._never_counted = (
-            policy.per_ip == 0 and policy.per_client == 0 and (policy.per_route == 0)
+            policy.per_ip == 0 and policy.per_client == 0 and policy.per_route == 0
         )
 
     @property
@@ -247,17 +247,9 @@ class AccessChecker:
         token = _bearer(authorization)
         if not token:
             return None
-        hashed = digest(token)
-        hit = cache.get(hashed)
-        if hit is None:
-            if is_well_formed_known(token, CredentialKind.ACCESS_TOKEN, hashed):
-                return None  # a lookup in Redis decides
-            decision = self._malformed()  # a flood of garbage costs no second parse
-        elif hit.client_rate_limit > 0:
-            return None
-        else:
-            decision = self._judge(hit.record, route, hit.caller)
-        self._stats.add(_COUNTED_AS[decision.outcome is Outcome.ALLOWED])
+        decision = self._without_redis(token, digest(token), route, cache)
+        if decision is not None:  # else a lookup in Redis decides
+            self._stats.add(_COUNTED_AS[decision.outcome is Outcome.ALLOWED])
         return decision
 
     async def check(self, request: AccessRequest) -> AccessDecision:
@@ -277,16 +269,12 @@ class AccessChecker:
                 else ""  # no bucket counts by it
             )
             hashed = digest(token)
-            hit = None
-            if self._cache is not None and (self._never_counted or self._uncounted(ip, route)):
-                # A hit is a token this service issued (its SHA-256 is a cached live
-                # token's), so well-formed by construction: the checksum is verified on
-                # misses only.
-                hit = self._cache.get(hashed)
-            if hit is not None and hit.client_rate_limit <= 0:
-                decision = self._judge(hit.record, route, hit.caller)
-            elif not is_well_formed_known(token, CredentialKind.ACCESS_TOKEN, hashed):
-                decision = self._malformed()
+            cache = self._cache
+            if cache is not None and not (self._never_counted or self._uncounted(ip, route)):
+                cache = None  # a limit is counted: the script that counts also resolves
+            found = self._without_redis(token, hashed, route, cache)
+            if found is not None:
+                decision = found
             else:
                 # The store caches what it finds live (with the client's own limit).
                 record, admission = await self._store.resolve_and_admit(
@@ -332,10 +320,21 @@ class AccessChecker:
         # Positional (outcome, http_status, caller): keywords cost more on every Check.
         return AccessDecision(Outcome.ALLOWED, 200, caller or caller_of(record))
 
-    def _malformed(self) -> AccessDecision:
-        return self._deny(
-            Outcome.INVALID_TOKEN, BearerError.INVALID_TOKEN, "the access token is malformed"
-        )
+    def _without_redis(
+        self, token: str, hashed: str, route: RouteRequirements, cache: TokenCache | None
+    ) -> AccessDecision | None:
+        """The decision that needs no Redis: a live token in ``cache`` (without a limit of
+        its client's own, which Redis counts), or a malformed token's refusal; None when a
+        lookup decides. A hit is a token this service issued (its SHA-256 is a cached live
+        token's), so well-formed by construction: the checksum is verified on misses only."""
+        hit = cache.get(hashed) if cache is not None else None
+        if hit is not None and hit.client_rate_limit <= 0:
+            return self._judge(hit.record, route, hit.caller)
+        if not is_well_formed_known(token, CredentialKind.ACCESS_TOKEN, hashed):
+            return self._deny(
+                Outcome.INVALID_TOKEN, BearerError.INVALID_TOKEN, "the access token is malformed"
+            )
+        return None
 
     def _uncounted(self, ip: str, route: RouteRequirements) -> bool:
         """Whether no Redis-counted limit applies to this request (so a cached token may

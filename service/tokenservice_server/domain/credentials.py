@@ -17,6 +17,8 @@ import zlib
 from collections.abc import Callable, Sequence
 from enum import StrEnum
 
+from tokenservice_server.recent import remember
+
 __all__ = [
     "CredentialKind",
     "SecretHasher",
@@ -87,9 +89,7 @@ def is_well_formed_known(value: str, kind: CredentialKind, hashed: str) -> bool:
         return True
     if not is_well_formed(value, kind):
         return False
-    if len(_WELL_FORMED) >= _WELL_FORMED_MAX:
-        del _WELL_FORMED[next(iter(_WELL_FORMED))]
-    _WELL_FORMED[hashed] = kind
+    remember(_WELL_FORMED, hashed, kind, _WELL_FORMED_MAX)
     return True
 
 

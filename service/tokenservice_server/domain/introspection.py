@@ -18,12 +18,7 @@ from collections.abc import Callable
 
 from tokenservice_server.domain import scopes
 from tokenservice_server.domain.authentication import bearer_token
-from tokenservice_server.domain.credentials import (
-    CredentialKind,
-    digest,
-    is_well_formed,
-    is_well_formed_known,
-)
+from tokenservice_server.domain.credentials import CredentialKind, digest, is_well_formed_known
 from tokenservice_server.domain.errors import InvalidRequest, InvalidToken
 from tokenservice_server.domain.stats_buffer import StatsBuffer
 from tokenservice_server.domain.token_lookup import TokenLookup
@@ -35,17 +30,9 @@ __all__ = ["Introspection", "Introspector", "token_kind"]
 MAX_TOKEN = 512
 
 
-def token_kind(token: str) -> TokenKind | None:
-    """The kind of a well-formed token, read from its prefix; None if malformed."""
-    if is_well_formed(token, CredentialKind.ACCESS_TOKEN):
-        return TokenKind.ACCESS
-    if is_well_formed(token, CredentialKind.REFRESH_TOKEN):
-        return TokenKind.REFRESH
-    return None
-
-
-def _kind_of(token: str, hashed: str) -> TokenKind | None:
-    """:func:`token_kind`, remembered by the token's digest (``is_well_formed_known``)."""
+def token_kind(token: str, hashed: str) -> TokenKind | None:
+    """The kind of a well-formed token (``hashed``: its digest), read from its prefix;
+    None if malformed."""
     if is_well_formed_known(token, CredentialKind.ACCESS_TOKEN, hashed):
         return TokenKind.ACCESS
     if is_well_formed_known(token, CredentialKind.REFRESH_TOKEN, hashed):
@@ -87,7 +74,7 @@ class Introspector:
         ):
             raise InvalidToken("the access token is malformed")
         target_digest = digest(token)
-        kind = _kind_of(token, target_digest)
+        kind = token_kind(token, target_digest)
         target = lookup.cached(target_digest) if kind is TokenKind.ACCESS else None
         # What the cache did not answer: one round trip for both.
         missing = [(TokenKind.ACCESS, hashed)] if caller is None else []

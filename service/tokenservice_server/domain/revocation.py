@@ -54,10 +54,11 @@ class Revoker:
         if len(token) > MAX_TOKEN:
             raise InvalidRequest("token", f"at most {MAX_TOKEN} characters", limit=MAX_TOKEN)
         owner = await self._requesting_client(caller, client_id, client_secret)
-        kind = token_kind(token)
+        hashed = digest(token)
+        kind = token_kind(token, hashed)
         if kind is None:
             return 0  # RFC 7009 2.2: an invalid token is not an error
-        return await self._tokens.revoke_token(owner, kind, digest(token))
+        return await self._tokens.revoke_token(owner, kind, hashed)
 
     async def revoke_subject(self, subject: str, audit: AuditInStep | None = None) -> int:
         if not subject or len(subject) > 256:

@@ -145,15 +145,7 @@ class InstrumentedRedis(Redis):
         observer = self.observer
         if observer is None:
             return await shared.call(command)
-        # What _observed does, inline: a coroutine less on every hot RPC.
-        started = time.perf_counter()
-        try:
-            result = await shared.call(command)
-        except Exception as error:
-            observer.failed("EVALSHA", error, time.perf_counter() - started)
-            raise
-        observer.observe("EVALSHA", time.perf_counter() - started)
-        return result
+        return await _observed(observer, "EVALSHA", shared.call(command))
 
     def pipeline(self, transaction: bool = True, shard_hint: str | None = None) -> Pipeline:
         pipe = InstrumentedPipeline(

@@ -66,6 +66,7 @@ from redis.exceptions import (
     TimeoutError,
 )
 
+from tokenservice_server.recent import remember
 from tokenservice_server.storage.retry import BoundedRetry
 
 __all__ = ["SHARED_COMMANDS", "RecentCommands", "SharedConnection"]
@@ -421,11 +422,11 @@ class RecentCommands:
     The hot RPCs send the same commands over and over (a hot token's Check or lookup with
     the same keys and arguments, a hot cache key's read), and hiredis takes ~18,000
     instructions to pack a script call of twelve arguments (an int costs it as much as a
-    string); finding it here costs ~3,500. A command is found only when equal argument
-    by argument *and* of the same types (``1``, ``1.0`` and ``True`` are equal in Python
-    but not packed alike). Commands carrying bytes (cache values), long ones and big ones
-    are never kept: hashing a value would cost more than packing it. Bounded; the oldest
-    entry goes first.
+    string); finding it here costs ~9,000, most of it the tuple of types. A command is
+    found only when equal argument by argument *and* of the same types (``1``, ``1.0``
+    and ``True`` are equal in Python but not packed alike). Commands carrying bytes (cache
+    values), long ones and big ones are never kept: hashing a value would cost more than
+    packing it. Bounded; the oldest entry goes first (``recent.remember``).
     """
 
     MAX_ENTRIES: Final = 4096
@@ -454,10 +455,7 @@ class RecentCommands:
             return known[1]
         packed = self._pack(command)
         if len(packed) <= self.MAX_BYTES:
-            entries = self._packed
-            if len(entries) >= self.MAX_ENTRIES and command not in entries:
-                del entries[next(iter(entries))]
-            entries[command] = (types, packed)
+            remember(self._packed, command, (types, packed), self.MAX_ENTRIES)
         return packed
 
 

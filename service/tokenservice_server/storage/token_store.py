@@ -16,6 +16,7 @@ from tokenservice_server.domain.audit import AuditInStep
 from tokenservice_server.domain.rate_limiting import Admission, TokenRequestLimits
 from tokenservice_server.domain.token_cache import TokenCache, family_key, token_key
 from tokenservice_server.domain.tokens import TokenKind, TokenRecord, derived_jti
+from tokenservice_server.recent import remember
 from tokenservice_server.storage import keys
 from tokenservice_server.storage.audit_store import audit_in_step_args
 from tokenservice_server.storage.revocation_feed import index_attribute
@@ -107,9 +108,7 @@ def decode_fields(
         kind,
         rotated,
     )
-    if len(_DECODED) >= _DECODED_MAX and digest not in _DECODED:
-        del _DECODED[next(iter(_DECODED))]  # the oldest
-    _DECODED[digest] = (values, record)
+    remember(_DECODED, digest, (values, record), _DECODED_MAX)
     return record
 
 
