@@ -26,6 +26,7 @@ from prometheus_client.exposition import ThreadingWSGIServer
 from tokenservice_server import __version__
 from tokenservice_server.lean_metrics import LeanCounter as Counter
 from tokenservice_server.lean_metrics import LeanHistogram as Histogram
+from tokenservice_server.runtime_metrics import register_runtime_metrics
 
 __all__ = ["MetricsServer", "ServerMetrics"]
 
@@ -170,6 +171,7 @@ class ServerMetrics:
             registry=self.registry,
         )
         self.build_info.labels(version=__version__).set(1)
+        register_runtime_metrics(self.registry)  # process_*, python_gc_*, GC pauses
 
 
 class _QuietHandler(WSGIRequestHandler):

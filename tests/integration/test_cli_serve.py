@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import urllib.request
@@ -131,6 +132,12 @@ async def test_serve_on_embedded_valkey_then_sigterm(tmp_path: Path) -> None:
         assert _valkey_processes_using(data_dir), "the embedded valkey-server is not running"
         metrics = await asyncio.to_thread(_get, f"http://127.0.0.1:{metrics_port}/metrics")
         assert b"grpc_server_handled_total" in metrics
+        # serve moved the started server's objects out of the collector's sight
+        # (app.settle_heap): tens of thousands of them, never 0.
+        frozen = re.search(rb"^tokenservice_gc_frozen_objects (\S+)$", metrics, re.MULTILINE)
+        assert frozen is not None
+        assert float(frozen.group(1)) > 10_000
+        assert re.search(rb"^process_resident_memory_bytes \d", metrics, re.MULTILINE)
         process.send_signal(signal.SIGTERM)
         _, stderr = await asyncio.wait_for(process.communicate(), timeout=30)
     finally:
