@@ -25,7 +25,7 @@ from tokenservice_server.domain.rate_limiting import (
     TokenEndpointThrottle,
 )
 from tokenservice_server.domain.stats_buffer import StatsBuffer
-from tokenservice_server.domain.token_cache import TokenCache
+from tokenservice_server.domain.token_cache import TokenCache, token_key
 from tokenservice_server.domain.tokens import TokenRecord
 
 NOW = 1_800_000_000.0
@@ -249,6 +249,45 @@ def test_a_malformed_token_is_refused_without_the_store_as_check_refuses_it(toke
         "the access token is malformed",
     )
     assert stats.pending == {"checks_denied": 1}
+
+
+def test_a_cached_answer_is_judged_once_per_route_and_expiry_is_checked_every_time() -> None:
+    now = [NOW]
+    cache = _cached(_record(expires_at=int(NOW) + 30))
+    checker = AccessChecker(
+        FakeStore(),
+        NO_LIMITS,
+        StatsBuffer(FakeSink()),
+        lambda: now[0],
+        realm="orders",
+        token_cache=cache,
+    )
+    orders = route_requirements({"required_scopes": "orders:read", "audience": "orders"})
+    billing = route_requirements({"audience": "billing"})
+    authorization = f"Bearer {TOKEN}"
+
+    first = checker.check_cached(authorization, orders)
+    assert first is not None
+    assert first.outcome is Outcome.ALLOWED
+    assert checker.check_cached(authorization, orders) is first  # judged once
+    other = checker.check_cached(authorization, billing)  # another route: judged afresh
+    assert other is not None
+    assert other.outcome is Outcome.INVALID_TOKEN
+    again = checker.check_cached(authorization, orders)
+    assert again is not None
+    assert again.outcome is Outcome.ALLOWED
+
+    now[0] = NOW + 30  # the token's own expiry, well inside the cache's TTL
+    expired = checker.check_cached(authorization, orders)
+    assert expired is not None
+    assert (expired.outcome, expired.description) == (
+        Outcome.INVALID_TOKEN,
+        "the access token is invalid, expired or revoked",
+    )
+
+    now[0] = NOW
+    cache.invalidate([token_key(digest(TOKEN))])  # revoked: the entry and its answer go
+    assert checker.check_cached(authorization, orders) is None
 
 
 def test_a_bypassed_cache_answers_nothing() -> None:

@@ -48,6 +48,11 @@ __all__ = [
     "StoredWrite",
 ]
 
+# Enum members read on every call, as module globals: ``Kind.MEMBER`` costs ~180 ns on
+# Python 3.11, whose EnumType defines ``__getattr__`` (docs/performance.md, eighth pass).
+_READ = Access.READ
+_WRITE = Access.WRITE
+
 MAX_LEASE_TOKEN = 128
 
 
@@ -173,7 +178,7 @@ class CacheService:
         lock_if_missing: bool = False,
         lease_ttl_seconds: int = 0,
     ) -> Read:
-        needed = (Access.READ, Access.WRITE) if lock_if_missing else (Access.READ,)
+        needed = (_READ, _WRITE) if lock_if_missing else (_READ,)
         self._namespace(caller, namespace, *needed)
         validate_key(key, self.limits)
         lease = None
@@ -186,7 +191,7 @@ class CacheService:
         return Read(lookup, status, token)
 
     async def get_many(self, caller: Caller, namespace: str, keys: Sequence[str]) -> list[Lookup]:
-        self._namespace(caller, namespace, Access.READ)
+        self._namespace(caller, namespace, _READ)
         validate_batch_size(keys, self.limits, field="keys")
         for index, key in enumerate(keys):
             validate_key(key, self.limits, field=f"keys[{index}]")
@@ -208,7 +213,7 @@ class CacheService:
         lease_token: str = "",
     ) -> int:
         """Write one value; returns how many entries were evicted to make room."""
-        self._namespace(caller, namespace, Access.WRITE)
+        self._namespace(caller, namespace, _WRITE)
         validate_key(key, self.limits)
         validate_value(value, self.limits)
         default = self.limits.default_ttl
@@ -226,7 +231,7 @@ class CacheService:
         ttl: int | None = None,
     ) -> int:
         """Write several values all or none; a later entry for a key wins."""
-        self._namespace(caller, namespace, Access.WRITE)
+        self._namespace(caller, namespace, _WRITE)
         validate_batch_size(entries, self.limits, field="entries")
         default = validate_ttl(
             ttl, self.limits, field="ttl_seconds", default=self.limits.default_ttl
@@ -258,14 +263,14 @@ class CacheService:
         return stored.evicted
 
     async def delete(self, caller: Caller, namespace: str, key: str) -> bool:
-        self._namespace(caller, namespace, Access.WRITE)
+        self._namespace(caller, namespace, _WRITE)
         validate_key(key, self.limits)
         return await self._store.delete(namespace, key)
 
     async def invalidate(self, caller: Caller, namespace: str) -> int:
-        self._namespace(caller, namespace, Access.WRITE)
+        self._namespace(caller, namespace, _WRITE)
         return await self._store.invalidate(namespace)
 
     async def stats(self, caller: Caller, namespace: str) -> NamespaceStats:
-        self._namespace(caller, namespace, Access.READ)
+        self._namespace(caller, namespace, _READ)
         return await self._store.stats(namespace, max_entries=self.limits.max_entries)

@@ -24,19 +24,30 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from tokenservice_server.domain.tokens import Caller, TokenRecord, caller_of
-from tokenservice_server.domain.value_object import value_object
+
+if TYPE_CHECKING:
+    from tokenservice_server.domain.access_check import AccessDecision, RouteRequirements
 
 __all__ = ["CachedToken", "TokenCache", "attribute_keys", "family_key", "token_key"]
 
 
-@value_object
+@dataclass(slots=True, eq=False)
 class CachedToken:
+    """One cached live token: what the lookup found, and one memo of the checker's (the
+    only field ever assigned after the entry is made, hence not a value object)."""
+
     record: TokenRecord
     client_rate_limit: float  # the client's own Check limit (0: none), from the lookup
     stored_at: float
     caller: Caller  # the token's caller, made once here rather than on every hit
+    # The access checker's last answer for this live token and the route it was for
+    # (AccessChecker._without_redis): it goes with the entry, on expiry or invalidation.
+    judged_route: RouteRequirements | None = None
+    judged: AccessDecision | None = None
 
 
 def token_key(digest: str) -> str:

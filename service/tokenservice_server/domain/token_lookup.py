@@ -17,6 +17,10 @@ from tokenservice_server.domain.tokens import TokenKind, TokenRecord
 
 __all__ = ["TokenLookup"]
 
+# Enum members read on every call, as module globals: ``Kind.MEMBER`` costs ~180 ns on
+# Python 3.11, whose EnumType defines ``__getattr__`` (docs/performance.md, eighth pass).
+_ACCESS = TokenKind.ACCESS
+
 
 class TokenLookup:
     def __init__(self, tokens: TokenStore, cache: TokenCache | None) -> None:
@@ -43,7 +47,7 @@ class TokenLookup:
         found = await self._tokens.find_tokens(wanted)
         if cache is not None:
             for (kind, _), record in zip(wanted, found, strict=True):
-                if record is not None and kind is TokenKind.ACCESS:
+                if record is not None and kind is _ACCESS:
                     # The client's Check limit is unknown here: inf makes Check ask Redis.
                     cache.put(record, math.inf, epoch)
         return found
