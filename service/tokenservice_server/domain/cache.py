@@ -48,8 +48,7 @@ __all__ = [
     "StoredWrite",
 ]
 
-# Enum members read on every call, as module globals: ``Kind.MEMBER`` costs ~180 ns on
-# Python 3.11, whose EnumType defines ``__getattr__`` (docs/performance.md, eighth pass).
+# Enum members read per call, as globals (see access_check.py: ~180 ns a class lookup).
 _READ = Access.READ
 _WRITE = Access.WRITE
 

@@ -32,8 +32,7 @@ from tokenservice_server.domain.value_object import value_object
 
 __all__ = ["ClientCredentialsGrant", "IssuedTokens", "TokenLifetimes", "resolve_scope"]
 
-# Enum members read on every call, as module globals: ``Kind.MEMBER`` costs ~180 ns on
-# Python 3.11, whose EnumType defines ``__getattr__`` (docs/performance.md, eighth pass).
+# Enum members read per call, as globals (see access_check.py: ~180 ns a class lookup).
 _CONFIDENTIAL = ClientType.CONFIDENTIAL
 _CLIENT_CREDENTIALS = GrantType.CLIENT_CREDENTIALS
 _ACCESS_TOKEN = CredentialKind.ACCESS_TOKEN
