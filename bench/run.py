@@ -63,13 +63,13 @@ class Settings:
     #: the closed-loop window of a scenario measured interleaved (its verdict comes from
     #: the interleaved window; this one gives its peak, CPU, round trips and latency loads)
     targeted_seconds: float = 3.0
-    open_seconds: float = 2.5
+    open_seconds: float = 2.0
     warmup: float = 0.7
     loads: tuple[float, ...] = (0.25, 0.50, 0.75)
     memory_tokens: int = 20_000
     #: the interleaved window (baseline and scenario alternating) of each scenario with a
     #: throughput target; rounded to whole B S S B blocks of ``segment_seconds`` (0: none)
-    interleaved_seconds: float = 6.0
+    interleaved_seconds: float = 10.0
     segment_seconds: float = 0.5
     #: the start of each segment not counted: the previous kind's calls drain (at 50 in
     #: flight and a few thousand calls a second, a call takes 10-20 ms)
@@ -494,11 +494,11 @@ def _parser() -> argparse.ArgumentParser:
         default=3.0,
         help="closed-loop window of a scenario measured interleaved",
     )
-    parser.add_argument("--open-seconds", type=float, default=2.5, help="each open-loop window")
+    parser.add_argument("--open-seconds", type=float, default=2.0, help="each open-loop window")
     parser.add_argument(
         "--interleaved-seconds",
         type=float,
-        default=6.0,
+        default=10.0,
         help="window of baseline and scenario alternating, for each scenario with a "
         "throughput target (whole B S S B blocks; 0: none)",
     )
