@@ -193,10 +193,10 @@ def _challenge(
 #: The ``auth_stats`` counter of a Check, by whether it was allowed.
 _COUNTED_AS = {True: "checks_allowed", False: "checks_denied"}
 
-# Enum members read on every call, as module globals here and in the other hot modules:
-# on Python 3.11 (the image's) ``EnumType`` defines ``__getattr__``, so every attribute
-# lookup on an enum class takes the slow hook and ``Outcome.ALLOWED`` costs ~180 ns, a
-# global ~15 (docs/performance.md, eighth pass).
+# Enum members read on every Check, as module globals: on Python 3.11 (the image's)
+# ``EnumType`` defines ``__getattr__``, so every attribute lookup on an enum class takes
+# the slow hook and ``Outcome.ALLOWED`` costs ~180 ns, a global ~15 (docs/performance.md,
+# eighth pass).
 _ALLOWED = Outcome.ALLOWED
 _ACCESS_TOKEN = CredentialKind.ACCESS_TOKEN
 

@@ -48,10 +48,6 @@ __all__ = [
     "StoredWrite",
 ]
 
-# Enum members read per call, as globals (see access_check.py: ~180 ns a class lookup).
-_READ = Access.READ
-_WRITE = Access.WRITE
-
 MAX_LEASE_TOKEN = 128
 
 
@@ -177,7 +173,7 @@ class CacheService:
         lock_if_missing: bool = False,
         lease_ttl_seconds: int = 0,
     ) -> Read:
-        needed = (_READ, _WRITE) if lock_if_missing else (_READ,)
+        needed = (Access.READ, Access.WRITE) if lock_if_missing else (Access.READ,)
         self._namespace(caller, namespace, *needed)
         validate_key(key, self.limits)
         lease = None
@@ -190,7 +186,7 @@ class CacheService:
         return Read(lookup, status, token)
 
     async def get_many(self, caller: Caller, namespace: str, keys: Sequence[str]) -> list[Lookup]:
-        self._namespace(caller, namespace, _READ)
+        self._namespace(caller, namespace, Access.READ)
         validate_batch_size(keys, self.limits, field="keys")
         for index, key in enumerate(keys):
             validate_key(key, self.limits, field=f"keys[{index}]")
@@ -212,7 +208,7 @@ class CacheService:
         lease_token: str = "",
     ) -> int:
         """Write one value; returns how many entries were evicted to make room."""
-        self._namespace(caller, namespace, _WRITE)
+        self._namespace(caller, namespace, Access.WRITE)
         validate_key(key, self.limits)
         validate_value(value, self.limits)
         default = self.limits.default_ttl
@@ -230,7 +226,7 @@ class CacheService:
         ttl: int | None = None,
     ) -> int:
         """Write several values all or none; a later entry for a key wins."""
-        self._namespace(caller, namespace, _WRITE)
+        self._namespace(caller, namespace, Access.WRITE)
         validate_batch_size(entries, self.limits, field="entries")
         default = validate_ttl(
             ttl, self.limits, field="ttl_seconds", default=self.limits.default_ttl
@@ -262,14 +258,14 @@ class CacheService:
         return stored.evicted
 
     async def delete(self, caller: Caller, namespace: str, key: str) -> bool:
-        self._namespace(caller, namespace, _WRITE)
+        self._namespace(caller, namespace, Access.WRITE)
         validate_key(key, self.limits)
         return await self._store.delete(namespace, key)
 
     async def invalidate(self, caller: Caller, namespace: str) -> int:
-        self._namespace(caller, namespace, _WRITE)
+        self._namespace(caller, namespace, Access.WRITE)
         return await self._store.invalidate(namespace)
 
     async def stats(self, caller: Caller, namespace: str) -> NamespaceStats:
-        self._namespace(caller, namespace, _READ)
+        self._namespace(caller, namespace, Access.READ)
         return await self._store.stats(namespace, max_entries=self.limits.max_entries)

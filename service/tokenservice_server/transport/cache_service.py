@@ -24,9 +24,6 @@ __all__ = ["CacheServiceServicer"]
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
-# Enum members read per call, as globals (see access_check.py: ~180 ns a class lookup).
-_NO_LEASE = LeaseStatus.NONE
-
 _LEASE_STATUS = {
     LeaseStatus.NONE: pb.LEASE_STATUS_UNSPECIFIED,
     LeaseStatus.GRANTED: pb.LEASE_STATUS_GRANTED,
@@ -78,7 +75,7 @@ class CacheServiceServicer:
         )
         lookup = read.lookup
         self._requests(namespace, "hit" if lookup.found else "miss").inc()
-        if read.lease_status is _NO_LEASE:  # the usual read: no lease fields
+        if read.lease_status is LeaseStatus.NONE:  # the usual read: no lease fields
             return pb.GetValueResponse(
                 found=lookup.found, value=lookup.value, remaining_ttl_seconds=lookup.remaining_ttl
             )

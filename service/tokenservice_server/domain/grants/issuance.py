@@ -17,10 +17,6 @@ from tokenservice_server.domain.value_object import value_object
 
 __all__ = ["TokenPair", "plan_token_pair", "settle"]
 
-# Enum members read per call, as globals (see access_check.py: ~180 ns a class lookup).
-_ACCESS_TOKEN = CredentialKind.ACCESS_TOKEN
-_REFRESH_TOKEN = CredentialKind.REFRESH_TOKEN
-
 # (sha256 of the token, jti, TTL seconds): what storage needs to store a token. The jti is
 # "": derived from the digest when read (domain.tokens.derived_jti), never stored.
 StoredToken = tuple[str, str, int]
@@ -58,9 +54,9 @@ class TokenPair:
 def plan_token_pair(client: ClientRecord, lifetimes: TokenLifetimes, *, refresh: bool) -> TokenPair:
     """Fresh tokens with the client's lifetimes (per-client overrides win)."""
     return TokenPair(
-        access_token=new_credential(_ACCESS_TOKEN),
+        access_token=new_credential(CredentialKind.ACCESS_TOKEN),
         access_ttl=client.spec.access_token_ttl or lifetimes.access_token,
-        refresh_token=new_credential(_REFRESH_TOKEN) if refresh else "",
+        refresh_token=new_credential(CredentialKind.REFRESH_TOKEN) if refresh else "",
         refresh_ttl=client.spec.refresh_token_ttl or lifetimes.refresh_token,
     )
 
